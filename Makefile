@@ -1,0 +1,52 @@
+# Tidings — the two commands that matter: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint typecheck bench bench-redis browser-deps js-deps clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(UV): $(BIN)/python
+	$(BIN)/pip install -q uv==0.13.8
+
+# Install the locked dependencies (requirements.lock, hashes checked) and the package itself.
+$(STAMP): requirements.lock pyproject.toml | $(UV)
+	$(UV) pip install --python $(BIN)/python --require-hashes -r requirements.lock
+	$(UV) pip install --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/tidings serve --host 127.0.0.1 --port 8000
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench || true
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# Debian's Chromium for the browser tests (Playwright drives it through executable_path).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+# Node packages for the JS client's unit tests and the benchmark's load client.
+js-deps:
+	@if [ -f package-lock.json ]; then npm ci --silent --no-audit --no-fund; fi
+
+test: $(STAMP) browser-deps js-deps
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+	@if [ -f package.json ]; then npm test --silent; fi
+	$(BIN)/pytest
+
+bench: $(STAMP) js-deps
+	$(BIN)/python -m bench.fanout
+
+clean:
+	rm -rf $(VENV) var test-results node_modules

@@ -1,0 +1,1 @@
+"""Tidings: a real-time messaging hub for FastAPI."""
