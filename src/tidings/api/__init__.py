@@ -1,0 +1,1 @@
+"""FastAPI routers: WebSocket endpoints, token issuing, admin broadcasts, publishing, stats, health, metrics."""

@@ -1,0 +1,133 @@
+"""The WebSocket endpoints, as thin raw-ASGI apps: handshake checks, then receive -> node.handle.
+
+Authentication failures, a forbidden ``Origin`` and connection limits are reported after accepting, with close
+code 1008 and a reason, because browsers cannot read the status of a refused handshake.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from starlette.routing import WebSocketRoute
+
+from tidings.node import ConnectionRejected, Node
+from tidings.protocol import CloseCode, ErrorCode, Frame, error_message
+from tidings.transport import ASGITransport, Transport
+
+__all__ = ["TRANSPORT_EXTENSION", "WebSocketEndpoint", "websocket_routes"]
+
+logger = logging.getLogger("tidings.ws")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: ASGI scope extension a server may offer: a callable returning a raw :class:`Transport` for this socket.
+TRANSPORT_EXTENSION = "tidings.transport"
+
+_BINARY_REFUSED = Frame.of(error_message(ErrorCode.BAD_REQUEST, "Binary frames are not supported; send JSON text"))
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def extract_token(scope: Scope, headers: dict[str, str]) -> tuple[str | None, str | None]:
+    """The bearer token and the subprotocol to select: subprotocol pair, Authorization header, or query."""
+    protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    if len(protocols) >= 2 and protocols[0].lower() == "bearer":
+        return protocols[1], protocols[0]
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip(), None
+    for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
+        if key == "token":
+            return value, None
+    return None, None
+
+
+def origin_allowed(origin: str | None, headers: dict[str, str], allowed: list[str], scheme: str) -> bool:
+    """Same-origin by default; otherwise the ``ALLOWED_ORIGINS`` list ('*' allows any). No Origin: allowed."""
+    if origin is None:
+        return True
+    origin = origin.rstrip("/")
+    if "*" in allowed or origin in allowed:
+        return True
+    if allowed:
+        return False
+    parts = urlsplit(origin)
+    host = headers.get("host", "")
+    same_scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme) == parts.scheme
+    return same_scheme and parts.netloc.lower() == host.lower()
+
+
+class WebSocketEndpoint:
+    """One of ``/ws/authenticated`` and ``/ws/{user_id}`` (``match_path_user`` True for the latter)."""
+
+    def __init__(self, node: Node, *, match_path_user: bool = False) -> None:
+        self.node = node
+        self.match_path_user = match_path_user
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        node = self.node
+        headers = _headers(scope)
+        token, subprotocol = extract_token(scope, headers)
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if subprotocol:
+            accept["subprotocol"] = subprotocol
+        await send(accept)
+        factory = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+        transport: Transport = factory() if factory is not None else ASGITransport(send)
+        try:
+            if not origin_allowed(headers.get("origin"), headers, node.settings.allowed_origins, scope["scheme"]):
+                raise node.reject("Origin not allowed")
+            if not node.running:
+                raise ConnectionRejected(CloseCode.GOING_AWAY, "Server shutting down")
+            user, expires_at = await node.authenticate(token)
+            if self.match_path_user and str(scope.get("path_params", {}).get("user_id")) != str(user.id):
+                raise node.reject("User id mismatch")
+            conn = await node.connect(user, transport, expires_at)
+        except ConnectionRejected as exc:
+            await send({"type": "websocket.close", "code": exc.code, "reason": exc.reason})
+            return
+        try:
+            await self._serve(conn, receive)
+        finally:
+            await node.disconnect(conn)
+
+    async def _serve(self, conn: Any, receive: Receive) -> None:
+        node = self.node
+        limit = node.settings.max_message_bytes
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                if text is None:
+                    if len(message.get("bytes") or b"") > limit:
+                        conn.close(CloseCode.MESSAGE_TOO_BIG, "Message too big")
+                        continue
+                    conn.allow_message()
+                    conn.enqueue(_BINARY_REFUSED)
+                    continue
+                if len(text) > limit // 4 and len(text.encode()) > limit:
+                    conn.close(CloseCode.MESSAGE_TOO_BIG, f"Message too big (limit {limit} bytes)")
+                    continue
+                await node.handle(conn, text)
+            elif kind == "websocket.disconnect":
+                return
+
+
+def websocket_routes(node: Node) -> list[WebSocketRoute]:
+    """Routes for ``/ws/authenticated`` and ``/ws/{user_id}``."""
+    return [
+        WebSocketRoute("/ws/authenticated", WebSocketEndpoint(node), name="ws_authenticated"),
+        WebSocketRoute("/ws/{user_id}", WebSocketEndpoint(node, match_path_user=True), name="ws_user"),
+    ]

@@ -1,0 +1,36 @@
+"""``create_app()``: the complete Tidings application (hub, crawler platform, dashboard)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from tidings import __version__
+from tidings.service import Tidings
+from tidings.settings import Settings
+
+__all__ = ["create_app"]
+
+WEB = Path(__file__).resolve().parent / "web"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the FastAPI application with its lifespan; ``app.state.tidings`` is the hub."""
+    hub = Tidings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with hub.run():
+            yield
+
+    app = FastAPI(title="Tidings", version=__version__, lifespan=lifespan)
+    app.state.tidings = hub
+    app.include_router(hub.router)
+    client_dir = WEB / "client"
+    if client_dir.is_dir():
+        app.mount("/static/client", StaticFiles(directory=client_dir), name="client")
+    return app

@@ -1,0 +1,100 @@
+"""The ``tidings`` command: serve, manage users, issue tokens."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from tidings.settings import Settings
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from tidings.app import create_app
+    from tidings.server import serve
+
+    serve(create_app(settings), settings, host=args.host, port=args.port)
+    return 0
+
+
+def _users_create(args: argparse.Namespace, settings: Settings) -> int:
+    from tidings.db import Database
+    from tidings.db.database import DuplicateUser
+
+    async def run() -> int:
+        db = Database(settings.resolved_database_url)
+        try:
+            await db.migrate()
+            user = await db.create_user(args.name, args.password, role=args.role)
+        except DuplicateUser:
+            print(f"error: user {args.name!r} already exists", file=sys.stderr)
+            return 1
+        finally:
+            await db.dispose()
+        print(user.id)
+        return 0
+
+    return asyncio.run(run())
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    from tidings.auth import create_access_token
+    from tidings.db import Database
+
+    async def run() -> int:
+        db = Database(settings.resolved_database_url)
+        try:
+            await db.migrate()
+            user = await db.active_user(args.name)
+        finally:
+            await db.dispose()
+        if user is None:
+            print(f"error: no active user {args.name!r}", file=sys.stderr)
+            return 1
+        ttl = args.ttl or settings.token_ttl
+        print(create_access_token(user.username, settings.resolved_secret_key, ttl))
+        return 0
+
+    return asyncio.run(run())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tidings`` command."""
+    parser = argparse.ArgumentParser(prog="tidings", description="Tidings: a real-time messaging hub for FastAPI.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve the application")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_serve)
+
+    users = sub.add_parser("users", help="manage accounts").add_subparsers(dest="users_command", required=True)
+    p = users.add_parser("create", help="create an account and print its numeric id")
+    p.add_argument("name")
+    p.add_argument("--password", required=True)
+    p.add_argument("--role", choices=("admin", "user"), default="user")
+    p.set_defaults(func=_users_create)
+
+    p = sub.add_parser("token", help="print a signed access token for a user")
+    p.add_argument("name")
+    p.add_argument("--ttl", type=int, default=0, help="lifetime in seconds (default TIDINGS_TOKEN_TTL)")
+    p.set_defaults(func=_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tidings`` command."""
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    func: Callable[[argparse.Namespace, Settings], int] = args.func
+    return func(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The local registry: connections by user, subscribers by channel, and delivery of publications to them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tidings.broker.base import Publication
+from tidings.connection import Connection
+
+__all__ = ["Hub"]
+
+
+class Hub:
+    """Connections of this process and what they are subscribed to. Delivery never awaits a client."""
+
+    def __init__(self) -> None:
+        self.connections: dict[str, Connection] = {}
+        self.by_user: dict[int, dict[str, Connection]] = {}
+        self.subscribers: dict[str, dict[Connection, None]] = {}
+        # connection -> {channel: publications that arrived while its history was being read}
+        self._recovering: dict[str, dict[Connection, list[Publication]]] = {}
+        self.publications_delivered = 0
+        self.deliveries = 0
+        self.slow_consumers = 0
+
+    def add(self, conn: Connection) -> None:
+        """Register a connection."""
+        self.connections[conn.id] = conn
+        self.by_user.setdefault(conn.user.id, {})[conn.id] = conn
+
+    def remove(self, conn: Connection) -> list[str]:
+        """Forget a connection; returns the channels that no local connection is subscribed to any more."""
+        self.connections.pop(conn.id, None)
+        user_conns = self.by_user.get(conn.user.id)
+        if user_conns is not None:
+            user_conns.pop(conn.id, None)
+            if not user_conns:
+                del self.by_user[conn.user.id]
+        emptied = []
+        for channel in list(conn.subscriptions):
+            if self.unsubscribe(conn, channel):
+                emptied.append(channel)
+        conn.subscriptions = set()
+        return emptied
+
+    def subscribe(self, conn: Connection, channel: str, *, recovering: bool = False) -> bool:
+        """Add ``conn`` to the channel; returns True if it is the channel's first local subscriber.
+
+        With ``recovering``, live publications for ``conn`` are held back until :meth:`finish_recovery`.
+        """
+        subs = self.subscribers.get(channel)
+        first = subs is None
+        if subs is None:
+            subs = self.subscribers[channel] = {}
+        subs[conn] = None
+        conn.subscriptions.add(channel)
+        if recovering:
+            self._recovering.setdefault(channel, {})[conn] = []
+        return first
+
+    def unsubscribe(self, conn: Connection, channel: str) -> bool:
+        """Remove ``conn`` from the channel; returns True if no local subscriber is left."""
+        conn.subscriptions.discard(channel)
+        held = self._recovering.get(channel)
+        if held is not None:
+            held.pop(conn, None)
+            if not held:
+                del self._recovering[channel]
+        subs = self.subscribers.get(channel)
+        if subs is None:
+            return False
+        subs.pop(conn, None)
+        if subs:
+            return False
+        del self.subscribers[channel]
+        return True
+
+    def finish_recovery(self, conn: Connection, channel: str, history: Iterable[Publication], since: int) -> int:
+        """Send ``history`` then the publications held back meanwhile, each offset once; go live.
+
+        Returns the last offset sent (or ``since`` if none).
+        """
+        held = self._recovering.get(channel, {}).pop(conn, [])
+        if channel in self._recovering and not self._recovering[channel]:
+            del self._recovering[channel]
+        last = since
+        for pub in (*history, *held):
+            if pub.offset > last:
+                conn.enqueue(pub.frame)
+                last = pub.offset
+        return last
+
+    def deliver(self, pub: Publication) -> None:
+        """Hand one publication's frame to every local subscriber of its channel."""
+        subs = self.subscribers.get(pub.channel)
+        if not subs:
+            return
+        held = self._recovering.get(pub.channel)
+        frame = pub.frame
+        if held is None:
+            for conn in subs:
+                conn.enqueue(frame)
+        else:
+            for conn in subs:
+                pending = held.get(conn)
+                if pending is None:
+                    conn.enqueue(frame)
+                else:
+                    pending.append(pub)
+        self.publications_delivered += 1
+        self.deliveries += len(subs)
+
+    def user_connection_count(self, user_id: int) -> int:
+        """Connections of ``user_id`` on this node."""
+        return len(self.by_user.get(user_id, ()))

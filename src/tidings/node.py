@@ -1,0 +1,395 @@
+"""The node: hub + broker + authentication + channel rules. Applications talk to this object.
+
+``Node.publish`` encodes a message once, the broker gives it an offset and fans it out to every node, and each
+node's hub hands the same frame to its local subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from tidings.auth import Authenticator, AuthError
+from tidings.broker import Broker, BrokerUnavailable, Publication, create_broker
+from tidings.channels import ChannelRules
+from tidings.connection import Connection, ConnectionState, UserInfo
+from tidings.hub import Hub
+from tidings.protocol import (
+    ClientMessage,
+    CloseCode,
+    ErrorCode,
+    ProtocolError,
+    encode,
+    error_message,
+    parse_client_message,
+)
+from tidings.settings import Settings
+from tidings.transport import Transport
+
+__all__ = ["ConnectionRejected", "Node", "StatusProvider"]
+
+logger = logging.getLogger("tidings.node")
+
+StatusProvider = Callable[[UserInfo], Awaitable[dict[str, Any]]]
+
+
+class ConnectionRejected(Exception):
+    """A connection that must be closed right after the handshake (code and reason for the client)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Node:
+    """One Tidings process: owns the hub, talks to the broker, applies channel rules."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        broker: Broker | None = None,
+        authenticator: Authenticator | None = None,
+        rules: ChannelRules | None = None,
+        status_provider: StatusProvider | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        s = self.settings
+        self.broker: Broker = broker or create_broker(
+            s.broker_url,
+            prefix=s.broker_prefix,
+            history_size=s.history_size,
+            history_ttl=s.history_ttl,
+            presence_ttl=s.presence_ttl,
+        )
+        self.authenticator = authenticator
+        self.rules = rules or ChannelRules()
+        self.status_provider = status_provider
+        self.hub = Hub()
+        self.started_at = time.time()
+        self.messages_received = 0
+        self.auth_failures: dict[str, int] = {}
+        self.rejections: dict[str, int] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._channel_locks: dict[str, asyncio.Lock] = {}
+        self.running = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect the broker and start the idle-connection sweeper."""
+        await self.broker.start(self.hub.deliver)
+        for channel in ("broadcast", "admins"):
+            await self.broker.subscribe(channel)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
+        self.running = True
+
+    async def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "Server shutting down") -> None:
+        """Close every connection with ``code`` (1001: go to another node and recover), then the broker."""
+        if not self.running:
+            return
+        self.running = False
+        await self.close_connections(code, reason)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.broker.close()
+
+    async def close_connections(self, code: int = CloseCode.GOING_AWAY, reason: str = "Server shutting down") -> None:
+        """Close every local connection and wait (bounded) for the close frames to go out."""
+        conns = list(self.hub.connections.values())
+        for conn in conns:
+            conn.close(code, reason)
+        if conns:
+            await asyncio.wait_for(asyncio.gather(*(c.wait_closed() for c in conns)), 10)
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _sweep_idle(self) -> None:
+        timeout = self.settings.idle_timeout
+        period = max(0.05, min(timeout / 4, 30.0))
+        while True:
+            await asyncio.sleep(period)
+            deadline = time.monotonic() - timeout
+            for conn in list(self.hub.connections.values()):
+                if conn.last_activity < deadline:
+                    conn.close(CloseCode.IDLE_TIMEOUT, "Idle timeout")
+
+    # ---- publishing ------------------------------------------------------------------------------------
+    async def publish(self, channel: str, data: Any) -> Publication:
+        """Publish ``data`` on ``channel``: subscribers get ``{"type": "publication", "channel", "data", ...}``."""
+        return await self.broker.publish(channel, encode({"type": "publication", "channel": channel, "data": data}))
+
+    async def publish_event(self, channels: str | Iterable[str], event: dict[str, Any]) -> list[Publication]:
+        """Publish a typed event (its own ``type``) on one or more channels; adds ``channel`` to each copy."""
+        if isinstance(channels, str):
+            channels = (channels,)
+        event.setdefault("timestamp", time.time())
+        return [await self.broker.publish(ch, encode({**event, "channel": ch})) for ch in channels]
+
+    async def broadcast(self, message: str, category: str = "general", start_time: str | None = None) -> Publication:
+        """Send a ``system_notification`` to every connected client on every node."""
+        now = time.time()
+        event = {
+            "type": "system_notification",
+            "category": category,
+            "message": message,
+            "start_time": start_time or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "timestamp": now,
+        }
+        return (await self.publish_event("broadcast", event))[0]
+
+    async def notify_admins(self, message: str, category: str = "admin") -> Publication:
+        """Send an ``admin_notification`` to administrators' connections only."""
+        event = {"type": "admin_notification", "category": category, "message": message}
+        return (await self.publish_event("admins", event))[0]
+
+    async def send_to_user(self, user_id: int, event: dict[str, Any]) -> Publication:
+        """Send a typed event to every connection of one user (on any node)."""
+        return (await self.publish_event(f"user:{user_id}", event))[0]
+
+    async def presence(self, channel: str) -> list[dict[str, Any]]:
+        """Users present on ``channel`` across the cluster."""
+        return await self.broker.presence(channel)
+
+    async def stats(self) -> dict[str, int]:
+        """Cluster totals of users and connections."""
+        return await self.broker.stats()
+
+    # ---- connections -----------------------------------------------------------------------------------
+    async def authenticate(self, token: str | None) -> tuple[UserInfo, float]:
+        """Resolve a bearer token to a user, or raise :class:`ConnectionRejected` (1008)."""
+        try:
+            if not token:
+                raise AuthError("Authentication required")
+            if self.authenticator is None:
+                raise AuthError("Authentication is not configured")
+            return await self.authenticator.authenticate(token)
+        except AuthError as exc:
+            self.auth_failures[exc.reason] = self.auth_failures.get(exc.reason, 0) + 1
+            raise ConnectionRejected(CloseCode.POLICY_VIOLATION, exc.reason) from None
+
+    def reject(self, reason: str) -> ConnectionRejected:
+        """Count and build a 1008 rejection."""
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+        return ConnectionRejected(CloseCode.POLICY_VIOLATION, reason)
+
+    async def connect(self, user: UserInfo, transport: Transport, expires_at: float | None = None) -> Connection:
+        """Register a new connection of ``user``; enforce the per-user limit across the cluster."""
+        s = self.settings
+        conn = Connection(
+            user,
+            transport,
+            queue_max=s.send_queue_max,
+            rate=s.rate_limit_per_second,
+            rate_burst=s.rate_limit_burst,
+            on_slow=self._count_slow,
+        )
+        count = await self.broker.connection_add(user.id, conn.id)
+        if count > s.max_connections_per_user:
+            await self.broker.connection_remove(user.id, conn.id)
+            raise self.reject("Too many connections")
+        self.hub.add(conn)
+        channels = ["broadcast", f"user:{user.id}"]
+        if user.is_admin:
+            channels.append("admins")
+        conn.send(
+            {
+                "type": "connection_established",
+                "user_id": user.id,
+                "username": user.username,
+                "role": user.role,
+                "message": "Connected to real-time updates",
+                "channels": channels,
+            }
+        )
+        for channel in channels:
+            await self._subscribe(conn, channel, position=False)
+        if expires_at is not None:
+            delay = max(0.0, expires_at - time.time())
+            self._expiry[conn.id] = asyncio.get_running_loop().call_later(
+                delay, conn.close, CloseCode.TOKEN_EXPIRED, "Token expired"
+            )
+        return conn
+
+    def _count_slow(self, conn: Connection) -> None:
+        self.hub.slow_consumers += 1
+
+    async def disconnect(self, conn: Connection) -> None:
+        """Forget a connection: subscriptions, presence, counts."""
+        if conn.state is ConnectionState.OPEN:
+            conn.mark_closed()
+        timer = self._expiry.pop(conn.id, None)
+        if timer is not None:
+            timer.cancel()
+        subscribed = list(conn.subscriptions)
+        emptied = self.hub.remove(conn)
+        try:
+            for channel in subscribed:
+                if channel not in ("broadcast", "admins", f"user:{conn.user.id}"):
+                    await self._leave_presence(conn, channel)
+            for channel in emptied:
+                if channel not in ("broadcast", "admins"):
+                    await self.broker.unsubscribe(channel)
+            await self.broker.connection_remove(conn.user.id, conn.id)
+        except BrokerUnavailable:
+            logger.warning("broker unavailable while removing %s; entries will expire", conn)
+
+    async def _subscribe(
+        self, conn: Connection, channel: str, since: tuple[int, str] | None = None, *, position: bool = True
+    ) -> dict[str, Any]:
+        """Subscribe (with recovery when ``since`` is given); returns the confirmation's position fields."""
+        first = self.hub.subscribe(conn, channel, recovering=since is not None)
+        try:
+            if first:
+                await self.broker.subscribe(channel)
+            if since is None:
+                if not position:
+                    return {}
+                offset, epoch = await self.broker.position(channel)
+                return {"offset": offset, "epoch": epoch}
+            result = await self.broker.recover(channel, since[0], since[1])
+        except BaseException:
+            if self.hub.unsubscribe(conn, channel):
+                with contextlib.suppress(Exception):
+                    await self.broker.unsubscribe(channel)
+            raise
+        start = since[0] if result.epoch == since[1] else 0
+        last = self.hub.finish_recovery(conn, channel, result.publications, start)
+        return {"offset": max(last, result.offset), "epoch": result.epoch, "recovered": result.recovered}
+
+    async def _join_presence(self, conn: Connection, channel: str) -> None:
+        new_user = await self.broker.presence_add(channel, conn.id, conn.user.public())
+        if new_user and self.rules.presence_events(channel):
+            await self.publish_event(channel, {"type": "join", "user": conn.user.public()})
+
+    async def _leave_presence(self, conn: Connection, channel: str) -> None:
+        gone = await self.broker.presence_remove(channel, conn.id, conn.user.id)
+        if gone and self.rules.presence_events(channel):
+            await self.publish_event(channel, {"type": "leave", "user": conn.user.public()})
+
+    # ---- inbound messages ------------------------------------------------------------------------------
+    async def handle(self, conn: Connection, text: str) -> None:
+        """Serve one inbound text frame; every problem becomes an error reply, never an exception."""
+        self.messages_received += 1
+        if not conn.allow_message():
+            conn.send(error_message(ErrorCode.RATE_LIMITED, "Too many messages; slow down"))
+            return
+        msg_id = None
+        try:
+            msg = parse_client_message(text)
+            msg_id = msg.id
+            await self._dispatch(conn, msg)
+            return
+        except ProtocolError as exc:
+            reply = error_message(exc.code, exc.message, exc.msg_id)
+        except BrokerUnavailable:
+            reply = error_message(ErrorCode.UNAVAILABLE, "Broker unavailable; try again shortly", msg_id)
+        except Exception:
+            logger.exception("error serving a message from %s", conn)
+            reply = error_message(ErrorCode.BAD_REQUEST, "Internal error serving this message", msg_id)
+        conn.send(reply)
+
+    async def _dispatch(self, conn: Connection, msg: ClientMessage) -> None:
+        reply: dict[str, Any]
+        joined = False
+        if msg.type == "ping":
+            reply = {"type": "pong", "timestamp": time.time()}
+        elif msg.type == "subscribe":
+            reply = await self._on_subscribe(conn, msg)
+            joined = reply["type"] == "subscription_confirmed" and "epoch" in reply
+        elif msg.type == "unsubscribe":
+            reply = await self._on_unsubscribe(conn, msg)
+        elif msg.type == "publish":
+            reply = await self._on_publish(conn, msg)
+        elif msg.type == "presence":
+            reply = await self._on_presence(conn, msg)
+        else:  # request_status
+            reply = await self._status(conn.user)
+        if msg.id is not None:
+            reply["id"] = msg.id
+        conn.send(reply)
+        if joined and msg.channel is not None:
+            await self._join_presence(conn, msg.channel)
+
+    async def _on_subscribe(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
+        channel = msg.channel or ""
+        policy = self.rules.policy(channel)
+        if policy is None or not await self.rules.may_subscribe(conn.user, channel):
+            code = ErrorCode.INVALID_SUBSCRIPTION if policy is None else ErrorCode.FORBIDDEN
+            return {
+                "type": "subscription_error",
+                "subscription": channel,
+                "code": str(code),
+                "message": f"Invalid subscription: {channel}",
+            }
+        reply: dict[str, Any] = {"type": "subscription_confirmed", "subscription": channel}
+        if policy.own_events_alias and not conn.user.is_admin:
+            reply["scope"] = f"user:{conn.user.id}"
+            return reply
+        since = None
+        if msg.since_offset is not None and msg.since_epoch is not None:
+            since = (msg.since_offset, msg.since_epoch)
+        if channel in conn.subscriptions:
+            if since is None:
+                offset, epoch = await self.broker.position(channel)
+                return {**reply, "offset": offset, "epoch": epoch}
+            self.hub.unsubscribe(conn, channel)  # resubscribe below, with recovery
+        elif len(conn.subscriptions) >= self.settings.max_subscriptions:
+            return {
+                "type": "subscription_error",
+                "subscription": channel,
+                "code": str(ErrorCode.TOO_MANY_SUBSCRIPTIONS),
+                "message": f"Too many subscriptions (limit {self.settings.max_subscriptions})",
+            }
+        position = await self._subscribe(conn, channel, since)
+        return {**reply, **position}
+
+    async def _on_unsubscribe(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
+        channel = msg.channel or ""
+        if channel not in conn.subscriptions or channel in ("broadcast", "admins", f"user:{conn.user.id}"):
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"Not subscribed: {channel}", msg.id)
+        await self._leave_presence(conn, channel)
+        if self.hub.unsubscribe(conn, channel):
+            await self.broker.unsubscribe(channel)
+        return {"type": "unsubscribed", "subscription": channel}
+
+    async def _on_publish(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
+        channel = msg.channel or ""
+        if not self.rules.may_client_publish(conn.user, channel):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"Publishing to {channel} is not allowed", msg.id)
+        data = {"user": conn.user.public(), "body": msg.data}
+        pub = await self.publish(channel, data)
+        return {"type": "publish_ack", "channel": channel, "offset": pub.offset, "epoch": pub.epoch}
+
+    async def _on_presence(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
+        channel = msg.channel or ""
+        if self.rules.policy(channel) is None or not await self.rules.may_subscribe(conn.user, channel):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"Presence of {channel} is not available", msg.id)
+        return {"type": "presence", "subscription": channel, "users": await self.presence(channel)}
+
+    async def _status(self, user: UserInfo) -> dict[str, Any]:
+        stats = await self.stats()
+        status: dict[str, Any] = {"type": "status_update", "active_jobs": 0, "total_properties": 0}
+        if self.status_provider is not None:
+            status.update(await self.status_provider(user))
+        status.update(
+            {
+                "server_time": time.time(),
+                "user_connections": stats["connections"],
+                "users": stats["users"],
+                "my_connections": self.hub.user_connection_count(user.id),
+            }
+        )
+        return status

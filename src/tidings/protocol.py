@@ -1,0 +1,209 @@
+"""The wire protocol: close codes, error codes, parsing of client messages and encoding of replies.
+
+Pure functions and data, no I/O: text in, a validated :class:`ClientMessage` (or a :class:`ProtocolError`) out;
+dicts in, JSON bytes out. ``docs/protocol.md`` is the reference for every message here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "CHANNEL_RE",
+    "ClientMessage",
+    "CloseCode",
+    "ErrorCode",
+    "Frame",
+    "ProtocolError",
+    "encode",
+    "error_message",
+    "parse_client_message",
+    "with_position",
+]
+
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9_\-:.@]{1,128}$")
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the server uses; :meth:`reconnect` tells a client whether to come back."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SLOW_CONSUMER = 4000
+    IDLE_TIMEOUT = 4001
+    RATE_LIMITED = 4002
+    TOKEN_EXPIRED = 4003
+
+    @property
+    def reconnect(self) -> bool:
+        """True when a client should reconnect after this close (and recover from history)."""
+        return self in {
+            CloseCode.GOING_AWAY,
+            CloseCode.INTERNAL_ERROR,
+            CloseCode.SLOW_CONSUMER,
+            CloseCode.IDLE_TIMEOUT,
+            CloseCode.RATE_LIMITED,
+            CloseCode.TOKEN_EXPIRED,
+        }
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable ``code`` of an ``error`` or ``subscription_error`` reply."""
+
+    INVALID_JSON = "invalid_json"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_REQUEST = "bad_request"
+    FORBIDDEN = "forbidden"
+    INVALID_SUBSCRIPTION = "invalid_subscription"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    RATE_LIMITED = "rate_limited"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+
+
+class ProtocolError(Exception):
+    """A client message that cannot be served; becomes an ``error`` reply, the connection stays open."""
+
+    def __init__(self, code: ErrorCode, message: str, msg_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.msg_id = msg_id
+
+
+KNOWN_TYPES = frozenset({"ping", "subscribe", "unsubscribe", "request_status", "publish", "presence"})
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    """A validated client message."""
+
+    type: str
+    id: Any = None
+    channel: str | None = None
+    data: Any = None
+    since_offset: int | None = None
+    since_epoch: str | None = None
+
+
+def _channel_field(obj: dict[str, Any], msg_type: str, msg_id: Any, *keys: str) -> str:
+    for key in keys:
+        if key in obj:
+            value = obj[key]
+            if not isinstance(value, str):
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{key}' must be a string", msg_id)
+            return value
+    raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{keys[0]}' is required for {msg_type}", msg_id)
+
+
+def parse_client_message(text: str | bytes) -> ClientMessage:
+    """Parse and validate one inbound text frame; raise :class:`ProtocolError` on bad input."""
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(ErrorCode.INVALID_JSON, "Invalid JSON format") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "A message must be a JSON object")
+    msg_id = obj.get("id")
+    if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, str | int)):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'id' must be a string or an integer")
+    msg_type = obj.get("type")
+    if msg_type not in KNOWN_TYPES:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"Unknown message type: {msg_type}", msg_id)
+    if msg_type in {"ping", "request_status"}:
+        return ClientMessage(type=msg_type, id=msg_id)
+    if msg_type == "publish":
+        channel = _channel_field(obj, msg_type, msg_id, "channel", "subscription")
+        if "data" not in obj:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'data' is required for publish", msg_id)
+        return ClientMessage(type=msg_type, id=msg_id, channel=channel, data=obj["data"])
+    channel = _channel_field(obj, msg_type, msg_id, "subscription", "channel")
+    if msg_type != "subscribe" or obj.get("since") is None:
+        return ClientMessage(type=msg_type, id=msg_id, channel=channel)
+    since = obj["since"]
+    offset = since.get("offset") if isinstance(since, dict) else None
+    epoch = since.get("epoch") if isinstance(since, dict) else None
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or not isinstance(epoch, str):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, '\'since\' must be {"offset": non-negative integer, "epoch": string}', msg_id
+        )
+    return ClientMessage(type=msg_type, id=msg_id, channel=channel, since_offset=offset, since_epoch=epoch)
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """Encode one message as compact JSON (UTF-8 bytes)."""
+    return orjson.dumps(obj)
+
+
+def error_message(code: ErrorCode, message: str, msg_id: Any = None, **extra: Any) -> dict[str, Any]:
+    """The ``error`` reply for a failed client message."""
+    reply: dict[str, Any] = {"type": "error", "code": str(code), "message": message, **extra}
+    if msg_id is not None:
+        reply["id"] = msg_id
+    return reply
+
+
+def now() -> float:
+    """Wall-clock timestamp used in messages (seconds since the epoch)."""
+    return time.time()
+
+
+class Frame:
+    """One outbound message, encoded once and shared by every recipient.
+
+    ``payload`` is the JSON text as UTF-8 bytes. ``text`` (for ASGI servers) and ``wire`` (the complete unmasked
+    WebSocket text frame, for transports that write raw bytes) are computed on first use and cached, so a
+    publication to many sockets is encoded and framed once.
+    """
+
+    __slots__ = ("_text", "_wire", "payload")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self._text: str | None = None
+        self._wire: bytes | None = None
+
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> Frame:
+        """Encode a message dict into a frame."""
+        return cls(orjson.dumps(obj))
+
+    @property
+    def text(self) -> str:
+        """The payload as ``str`` (decoded once)."""
+        if self._text is None:
+            self._text = self.payload.decode()
+        return self._text
+
+    @property
+    def wire(self) -> bytes:
+        """The payload as one complete, unmasked, uncompressed WebSocket text frame (built once)."""
+        if self._wire is None:
+            self._wire = ws_text_frame(self.payload)
+        return self._wire
+
+
+def with_position(body: bytes, offset: int, epoch: str) -> bytes:
+    """Append ``offset`` and ``epoch`` to an encoded JSON object without decoding it again."""
+    return b'%s,"offset":%d,"epoch":"%s"}' % (body[:-1], offset, epoch.encode())
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """Frame ``payload`` as a final, unmasked WebSocket text frame (RFC 6455 section 5.2)."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x81, length))
+    elif length < 65536:
+        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+    return header + payload

@@ -1,0 +1,65 @@
+"""Serving with uvicorn: Tidings' settings applied, clients closed with 1001 on shutdown."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import socket
+
+import uvicorn
+from fastapi import FastAPI
+
+from tidings.logs import install_redaction
+from tidings.settings import Settings
+
+__all__ = ["TidingsServer", "serve", "uvicorn_config"]
+
+logger = logging.getLogger("tidings.server")
+
+
+class TidingsServer(uvicorn.Server):
+    """A uvicorn server that closes WebSocket clients with 1001 (going away) before its own shutdown."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop listening, close every hub connection with 1001, then let uvicorn finish."""
+        for server in self.servers:
+            server.close()
+        app = self.config.loaded_app
+        hub = getattr(getattr(getattr(app, "app", app), "state", None), "tidings", None)
+        target = app
+        while hub is None and hasattr(target, "app"):
+            target = target.app
+            hub = getattr(getattr(target, "state", None), "tidings", None)
+        if hub is not None:
+            try:
+                await hub.node.close_connections()
+            except Exception:
+                logger.exception("closing connections on shutdown failed")
+        await super().shutdown(sockets)
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, host: str, port: int, **extra: object) -> uvicorn.Config:
+    """A uvicorn configuration carrying Tidings' WebSocket limits."""
+    ws: str | type = "auto"
+    if settings.fast_transport:
+        try:
+            ws = importlib.import_module("tidings.fastws").TidingsWebSocketProtocol
+        except ImportError:
+            ws = "auto"
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws=ws,
+        ws_max_size=settings.max_message_bytes,
+        ws_per_message_deflate=settings.per_message_deflate,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def serve(app: FastAPI, settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run ``app`` until SIGINT/SIGTERM."""
+    install_redaction()
+    TidingsServer(uvicorn_config(app, settings, host, port)).run()

@@ -1,0 +1,73 @@
+"""Settings: every limit is a ``TIDINGS_*`` environment variable with a documented default."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Configuration of a Tidings node, read from ``TIDINGS_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Where the SQLite file and the generated secret key live.")
+    secret_key: str = Field("", description="HS256 token key; if unset, random and kept in data_dir.")
+    token_ttl: int = Field(3600 * 12, ge=60, description="Access token lifetime in seconds.")
+    database_url: str = Field("", description="SQLAlchemy async URL; default SQLite under data_dir.")
+    broker_url: str = Field("memory://", description="memory:// (one process) or redis://host:port/db.")
+    broker_prefix: str = Field("tidings", description="Key prefix of everything the Redis broker stores.")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to open WebSockets (comma-separated; '*' for any). Empty: same origin only.",
+    )
+    max_connections_per_user: int = Field(5, ge=1, description="Concurrent WebSocket connections per user.")
+    max_message_bytes: int = Field(65536, ge=128, description="Largest inbound WebSocket message; larger closes 1009.")
+    idle_timeout: float = Field(300.0, gt=0, description="Seconds without inbound messages before a close (4001).")
+    send_queue_max: int = Field(1024, ge=1, description="Outbound frames queued per connection before 4000.")
+    rate_limit_per_second: float = Field(50.0, gt=0, description="Inbound messages per second per connection.")
+    rate_limit_burst: int = Field(100, ge=1, description="Inbound message burst per connection.")
+    max_subscriptions: int = Field(100, ge=1, description="Channels one connection may subscribe to.")
+    history_size: int = Field(1000, ge=0, description="Publications kept per channel for recovery.")
+    history_ttl: int = Field(24 * 3600, ge=1, description="Seconds a channel's history is kept after its last publish.")
+    presence_ttl: int = Field(30, ge=3, description="Seconds before a dead node's presence entries expire.")
+    per_message_deflate: bool = Field(False, description="Negotiate permessage-deflate compression.")
+    fast_transport: bool = Field(True, description="Use Tidings' own uvicorn WebSocket protocol for fan-out.")
+    job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
+    admin_username: str = Field("admin", description="Account created on first start with an empty database.")
+    log_level: str = Field("info", description="Log level of the tidings command.")
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+        return value
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """The database URL in use: ``database_url`` or an SQLite file under ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'tidings.db').resolve()}"
+
+    @cached_property
+    def resolved_secret_key(self) -> str:
+        """The token key: ``secret_key`` or a random one persisted in ``data_dir/secret_key``."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        path.touch(mode=0o600)
+        path.write_text(key)
+        return key

@@ -1,0 +1,61 @@
+"""Transports move frames to one socket. The hub only ever calls :meth:`Transport.try_write` (never awaits).
+
+- :class:`ASGITransport` works under any ASGI server through ``send``.
+- Tidings' own uvicorn protocol (:mod:`tidings.fastws`) exposes a raw transport through the ASGI scope extension
+  ``"tidings.transport"``, which writes a frame's prebuilt bytes straight to the socket when it can take them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from tidings.protocol import Frame
+
+__all__ = ["ASGITransport", "Transport"]
+
+ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Transport(Protocol):
+    """How a connection's frames reach its socket."""
+
+    def try_write(self, frame: Frame) -> bool:
+        """Write ``frame`` now without blocking if the socket can take it; False means queue it instead."""
+
+    async def send(self, frames: Sequence[Frame]) -> None:
+        """Write queued frames in order (coalesced where possible), waiting for the socket to drain."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send a close frame with ``code`` and ``reason``."""
+
+    def abort(self) -> None:
+        """Drop the connection at once (for clients that stopped reading)."""
+
+
+class ASGITransport:
+    """The portable transport: ``websocket.send`` events through the ASGI server."""
+
+    __slots__ = ("_closed", "_send")
+
+    def __init__(self, send: ASGISend) -> None:
+        self._send = send
+        self._closed = False
+
+    def try_write(self, frame: Frame) -> bool:
+        """ASGI sends are awaitables: always queue."""
+        return False
+
+    async def send(self, frames: Sequence[Frame]) -> None:
+        """Send each frame as a text message."""
+        for frame in frames:
+            await self._send({"type": "websocket.send", "text": frame.text})
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send ``websocket.close`` once."""
+        if not self._closed:
+            self._closed = True
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def abort(self) -> None:
+        """ASGI has no abort; the writer task is cancelled and the close is sent instead."""
