@@ -194,7 +194,9 @@ class Frame:
 
 def with_position(body: bytes, offset: int, epoch: str) -> bytes:
     """Append ``offset`` and ``epoch`` to an encoded JSON object without decoding it again."""
-    return b'%s,"offset":%d,"epoch":"%s"}' % (body[:-1], offset, epoch.encode())
+    head = body.rstrip()[:-1].rstrip()
+    sep = b"" if head.endswith(b"{") else b","
+    return b'%s%s"offset":%d,"epoch":"%s"}' % (head, sep, offset, epoch.encode())
 
 
 def ws_text_frame(payload: bytes) -> bytes:
