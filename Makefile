@@ -35,14 +35,14 @@ typecheck: $(STAMP)
 browser-deps:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-# Node packages for the JS client's unit tests and the benchmark's load client.
+# Node packages of the benchmark's load client (the JS client itself has no dependencies).
 js-deps:
-	@if [ -f package-lock.json ]; then npm ci --silent --no-audit --no-fund; fi
+	@if [ -f bench/package-lock.json ]; then cd bench && npm ci --silent --no-audit --no-fund; fi
 
-test: $(STAMP) browser-deps js-deps
-	$(BIN)/ruff check src tests
+test: $(STAMP) browser-deps
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	@if [ -f package.json ]; then npm test --silent; fi
+	cd src/tidings/web/client && node --test test/
 	$(BIN)/pytest
 
 bench: $(STAMP) js-deps
