@@ -269,7 +269,8 @@ def parse_frames(data: bytes) -> list[tuple[Opcode, bytes, bool]]:
     proto.receive_bytes(data)
     out = []
     for f in proto.received_frames():
-        payload = f.payload.encode() if isinstance(f.payload, str) else bytes(f.payload)
+        raw: Any = f.payload
+        payload = raw.encode() if isinstance(raw, str) else bytes(raw)
         out.append((f.opcode, payload, f.frame_finished))
     return out
 
