@@ -153,7 +153,8 @@ async def test_overflow_disconnects_with_4000_and_drops_the_queue() -> None:
     assert slow == [conn]
     assert transport.aborted
     assert state(conn) is ConnectionState.CLOSING
-    assert conn.close_code == CloseCode.SLOW_CONSUMER == 4000
+    assert conn.close_code == CloseCode.SLOW_CONSUMER
+    assert int(CloseCode.SLOW_CONSUMER) == 4000
     assert conn.queued == 0
     await conn.wait_closed()
     assert state(conn) is ConnectionState.CLOSED
