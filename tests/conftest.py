@@ -154,6 +154,33 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
         srv.stop()
 
 
+@pytest.fixture(scope="module")
+def module_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Like ``server_factory``, but the servers live for the whole test module (each start costs ~3 s)."""
+    base = tmp_path_factory.mktemp("servers")
+    servers: list[LiveServer] = []
+
+    def make(env: dict[str, str] | None = None, start: bool = True, data_dir: Path | None = None) -> LiveServer:
+        directory = data_dir or base / f"node{len(servers)}"
+        directory.mkdir(parents=True, exist_ok=True)
+        srv = LiveServer(directory, env)
+        servers.append(srv)
+        return srv.start() if start else srv
+
+    yield make
+    for srv in servers:
+        srv.stop()
+
+
+async def expect_close(ws: ClientConnection, timeout: float = 10.0) -> tuple[int | None, str | None]:
+    """Read (and drop) messages until the server closes the connection; its close code and reason."""
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic()))
+    return ws.close_code, ws.close_reason
+
+
 @pytest.fixture
 def server(server_factory: Any) -> LiveServer:
     """One running server with an ``admin`` account (created at first start) and users ``ann`` and ``bob``."""
