@@ -1,0 +1,223 @@
+"""Publishing from other processes (Celery tasks, scripts, Scrapy extensions) straight into Redis.
+
+No HTTP hop and no server import: a publisher runs the same Lua script as the nodes' :class:`RedisBroker`, so its
+publications get the channel's next offset, land in history and reach every node's subscribers::
+
+    from tidings.publisher import SyncPublisher
+    from tidings.settings import Settings
+
+    publisher = SyncPublisher.from_settings(Settings())        # TIDINGS_BROKER_URL must be redis://...
+    publisher.publish_event(["user:1", "job:5", "job_updates"], {"type": "job_update", "event": "job_started"})
+    publisher.close()
+
+:class:`Publisher` is the ``async`` twin (``await publisher.publish(...)``). Both raise
+:class:`~tidings.broker.BrokerUnavailable` when Redis cannot be reached, never drop silently.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
+
+from tidings.broker.base import BrokerUnavailable
+from tidings.broker.redis_scripts import PUBLISH, Keys
+from tidings.protocol import CHANNEL_RE, encode
+from tidings.settings import Settings
+
+__all__ = ["Publisher", "SyncPublisher"]
+
+_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class _Messages:
+    """What to publish: the same JSON bodies as :class:`tidings.node.Node` builds (one encode per channel)."""
+
+    def __init__(self, prefix: str, history_size: int, history_ttl: int) -> None:
+        self.keys = Keys(prefix)
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+
+    def script_call(self, channel: str, body: bytes) -> tuple[list[str], list[EncodableT]]:
+        """``(keys, args)`` of the publish script for ``body`` on ``channel``."""
+        if not CHANNEL_RE.match(channel):
+            raise ValueError(f"Invalid channel name: {channel!r}")
+        keys = [self.keys.meta(channel), self.keys.hist(channel)]
+        args: list[EncodableT] = [
+            body[:-1],
+            secrets.token_hex(4),
+            self.history_size,
+            self.history_ttl,
+            self.keys.pub(channel),
+        ]
+        return keys, args
+
+    @staticmethod
+    def publication(channel: str, data: Any) -> bytes:
+        """``{"type": "publication", "channel", "data"}``."""
+        return encode({"type": "publication", "channel": channel, "data": data})
+
+    @staticmethod
+    def events(channels: str | Iterable[str], event: dict[str, Any]) -> list[tuple[str, bytes]]:
+        """One body per channel: ``event`` plus ``channel`` (and ``timestamp`` if missing)."""
+        if isinstance(channels, str):
+            channels = (channels,)
+        event.setdefault("timestamp", time.time())
+        return [(ch, encode({**event, "channel": ch})) for ch in channels]
+
+    @staticmethod
+    def system_notification(message: str, category: str, start_time: str | None) -> dict[str, Any]:
+        """The ``system_notification`` event of a broadcast."""
+        now = time.time()
+        return {
+            "type": "system_notification",
+            "category": category,
+            "message": message,
+            "start_time": start_time or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "timestamp": now,
+        }
+
+    @staticmethod
+    def admin_notification(message: str, category: str) -> dict[str, Any]:
+        """The ``admin_notification`` event for administrators."""
+        return {"type": "admin_notification", "category": category, "message": message}
+
+
+def _result(channel: str, reply: Any) -> dict[str, Any]:
+    offset, epoch = reply
+    return {"channel": channel, "offset": int(offset), "epoch": epoch.decode()}
+
+
+def _check_url(url: str) -> None:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"A publisher needs a redis:// broker URL (TIDINGS_BROKER_URL), not {url!r}")
+
+
+class Publisher:
+    """Async publisher: ``await publish(...)``, ``await publish_event(...)``; ``await close()`` at the end.
+
+    Results are ``{"channel", "offset", "epoch"}`` dicts (a list of them for :meth:`publish_event`).
+    """
+
+    def __init__(
+        self, url: str, *, prefix: str = "tidings", history_size: int = 1000, history_ttl: int = 86400
+    ) -> None:
+        _check_url(url)
+        self._messages = _Messages(prefix, history_size, history_ttl)
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_timeout=5.0, socket_connect_timeout=2.0, protocol=2
+        )
+        self._script = self._client.register_script(PUBLISH)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Publisher:
+        """A publisher for the broker in ``settings`` (default: the ``TIDINGS_*`` environment)."""
+        s = settings or Settings()
+        return cls(s.broker_url, prefix=s.broker_prefix, history_size=s.history_size, history_ttl=s.history_ttl)
+
+    async def _publish(self, channel: str, body: bytes) -> dict[str, Any]:
+        keys, args = self._messages.script_call(channel, body)
+        try:
+            reply = await self._script(keys=keys, args=args)
+        except _ERRORS as exc:
+            raise BrokerUnavailable(f"Redis unavailable: {exc}") from exc
+        return _result(channel, reply)
+
+    async def publish(self, channel: str, data: Any) -> dict[str, Any]:
+        """Publish ``data``: subscribers get ``{"type": "publication", "channel", "data", "offset", "epoch"}``."""
+        return await self._publish(channel, self._messages.publication(channel, data))
+
+    async def publish_event(self, channels: str | Iterable[str], event: dict[str, Any]) -> list[dict[str, Any]]:
+        """Publish a typed event (its own ``type``) on each channel, adding ``channel`` and ``timestamp``."""
+        return [await self._publish(ch, body) for ch, body in self._messages.events(channels, event)]
+
+    async def broadcast(self, message: str, category: str = "general", start_time: str | None = None) -> dict[str, Any]:
+        """A ``system_notification`` to every connection on every node."""
+        event = self._messages.system_notification(message, category, start_time)
+        return (await self.publish_event("broadcast", event))[0]
+
+    async def notify_admins(self, message: str, category: str = "admin") -> dict[str, Any]:
+        """An ``admin_notification`` to administrators' connections."""
+        return (await self.publish_event("admins", self._messages.admin_notification(message, category)))[0]
+
+    async def send_to_user(self, user_id: int, event: dict[str, Any]) -> dict[str, Any]:
+        """A typed event to every connection of one user."""
+        return (await self.publish_event(f"user:{user_id}", event))[0]
+
+    async def close(self) -> None:
+        """Release the Redis connections."""
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Publisher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class SyncPublisher:
+    """Blocking publisher for Celery tasks and scripts (redis-py's sync client, the same Lua script).
+
+    Thread-safe (redis-py's connection pool); create one per worker process and reuse it.
+    """
+
+    def __init__(
+        self, url: str, *, prefix: str = "tidings", history_size: int = 1000, history_ttl: int = 86400
+    ) -> None:
+        _check_url(url)
+        self._messages = _Messages(prefix, history_size, history_ttl)
+        self._client: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=5.0, socket_connect_timeout=2.0, protocol=2
+        )
+        self._script = self._client.register_script(PUBLISH)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> SyncPublisher:
+        """A publisher for the broker in ``settings`` (default: the ``TIDINGS_*`` environment)."""
+        s = settings or Settings()
+        return cls(s.broker_url, prefix=s.broker_prefix, history_size=s.history_size, history_ttl=s.history_ttl)
+
+    def _publish(self, channel: str, body: bytes) -> dict[str, Any]:
+        keys, args = self._messages.script_call(channel, body)
+        try:
+            reply = self._script(keys=keys, args=args)
+        except _ERRORS as exc:
+            raise BrokerUnavailable(f"Redis unavailable: {exc}") from exc
+        return _result(channel, reply)
+
+    def publish(self, channel: str, data: Any) -> dict[str, Any]:
+        """Publish ``data``: subscribers get ``{"type": "publication", "channel", "data", "offset", "epoch"}``."""
+        return self._publish(channel, self._messages.publication(channel, data))
+
+    def publish_event(self, channels: str | Iterable[str], event: dict[str, Any]) -> list[dict[str, Any]]:
+        """Publish a typed event (its own ``type``) on each channel, adding ``channel`` and ``timestamp``."""
+        return [self._publish(ch, body) for ch, body in self._messages.events(channels, event)]
+
+    def broadcast(self, message: str, category: str = "general", start_time: str | None = None) -> dict[str, Any]:
+        """A ``system_notification`` to every connection on every node."""
+        return self.publish_event("broadcast", self._messages.system_notification(message, category, start_time))[0]
+
+    def notify_admins(self, message: str, category: str = "admin") -> dict[str, Any]:
+        """An ``admin_notification`` to administrators' connections."""
+        return self.publish_event("admins", self._messages.admin_notification(message, category))[0]
+
+    def send_to_user(self, user_id: int, event: dict[str, Any]) -> dict[str, Any]:
+        """A typed event to every connection of one user."""
+        return self.publish_event(f"user:{user_id}", event)[0]
+
+    def close(self) -> None:
+        """Release the Redis connections."""
+        self._client.close()
+
+    def __enter__(self) -> SyncPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
