@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from tidings import __version__
+from tidings.crawler.service import install_platform
 from tidings.service import Tidings
 from tidings.settings import Settings
 
@@ -24,12 +25,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with hub.run():
+        async with hub.run(), platform.run():
             yield
 
     app = FastAPI(title="Tidings", version=__version__, lifespan=lifespan)
     app.state.tidings = hub
     app.include_router(hub.router)
+    platform = install_platform(app, hub)  # jobs, properties, workers, /sample-site (tidings.crawler.service)
     client_dir = WEB / "client"
     if client_dir.is_dir():
         app.mount("/static/client", StaticFiles(directory=client_dir), name="client")

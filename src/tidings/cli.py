@@ -62,6 +62,23 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run())
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from tidings.crawler.config import PlatformSettings
+    from tidings.crawler.tasks import run_worker
+
+    platform = PlatformSettings()
+    if platform.celery_url(settings) is None:
+        print(
+            "error: 'tidings worker' needs TIDINGS_BROKER_URL=redis://... (or TIDINGS_CELERY_BROKER_URL)",
+            file=sys.stderr,
+        )
+        return 2
+    run_worker(
+        settings, platform, queue=args.queue, pool=args.pool, concurrency=args.concurrency, loglevel=settings.log_level
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tidings`` command."""
     parser = argparse.ArgumentParser(prog="tidings", description="Tidings: a real-time messaging hub for FastAPI.")
@@ -71,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="run a Celery worker for crawl jobs (needs TIDINGS_BROKER_URL=redis://...)")
+    p.add_argument("--queue", default="", help="queue to consume (default TIDINGS_JOB_QUEUE, tidings.jobs)")
+    p.add_argument("--pool", default="solo", choices=("solo", "threads", "prefork"), help="Celery pool (default solo)")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at a time (default 1; with --pool threads)")
+    p.set_defaults(func=_worker)
 
     users = sub.add_parser("users", help="manage accounts").add_subparsers(dest="users_command", required=True)
     p = users.add_parser("create", help="create an account and print its numeric id")

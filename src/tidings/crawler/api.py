@@ -1,0 +1,293 @@
+"""REST API of the crawler platform: jobs, properties and user administration (documented in OpenAPI).
+
+* ``POST /api/jobs``, ``GET /api/jobs``, ``GET /api/jobs/{id}``, ``POST /api/jobs/{id}/cancel`` -- users see
+  their own jobs only (another user's job is a 404); administrators see every job.
+* ``GET /api/properties`` (``location``, ``min_price``, ``max_price``, ``limit``, ``offset``; with ``total``) and
+  ``GET /api/properties/{id}`` (with its price history).
+* ``GET /api/admin/users``, ``POST /api/admin/users``, ``PATCH /api/admin/users/{id}`` -- administrators.
+"""
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from pydantic import AnyHttpUrl, BaseModel, Field
+from sqlalchemy import func, select
+
+from tidings.api.deps import admin_dependency, user_dependency
+from tidings.auth import hash_password
+from tidings.connection import UserInfo
+from tidings.crawler import store
+from tidings.crawler.models import FINAL_STATUSES, CrawlJob, JobStatus
+from tidings.db import User
+from tidings.db.database import DuplicateUser
+
+if TYPE_CHECKING:
+    from tidings.crawler.service import Platform
+
+__all__ = ["build_platform_router"]
+
+
+# ---- bodies and responses -------------------------------------------------------------------------------
+class JobIn(BaseModel):
+    """Body of ``POST /api/jobs``."""
+
+    spider_name: str = Field(min_length=1, max_length=64, examples=["listings"])
+    target_urls: list[AnyHttpUrl] = Field(min_length=1, examples=[["http://127.0.0.1:8000/sample-site/"]])
+
+
+class ExecutionOut(BaseModel):
+    """One run of a job."""
+
+    execution_id: int
+    worker: str | None
+    items_scraped: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+
+class JobOut(BaseModel):
+    """A crawl job."""
+
+    job_id: int
+    spider_name: str
+    target_urls: list[str]
+    owner_id: int
+    status: Literal["pending", "running", "completed", "failed", "cancelled"]
+    cancel_requested: bool
+    items_scraped: int
+    error: str | None
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    executions: list[ExecutionOut] = []
+
+
+class JobList(BaseModel):
+    """A page of jobs, newest first."""
+
+    jobs: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class PriceChangeOut(BaseModel):
+    """A recorded price change."""
+
+    old_price: float | None
+    new_price: float | None
+    changed_at: datetime | None
+
+
+class PropertyOut(BaseModel):
+    """A property listing."""
+
+    property_id: int
+    url: str
+    title: str
+    price: float | None
+    currency: str | None
+    location: str | None
+    bedrooms: int | None
+    area_m2: float | None
+    first_seen: datetime | None
+    last_seen: datetime | None
+
+
+class PropertyDetail(PropertyOut):
+    """A property with its price history (oldest first)."""
+
+    price_history: list[PriceChangeOut]
+
+
+class PropertyList(BaseModel):
+    """A page of properties and the total number matching the filters."""
+
+    properties: list[PropertyOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class UserOut(BaseModel):
+    """An account."""
+
+    user_id: int
+    username: str
+    role: Literal["admin", "user"]
+    is_active: bool
+    created_at: datetime | None
+
+
+class UserList(BaseModel):
+    """Every account, by id."""
+
+    users: list[UserOut]
+
+
+class UserIn(BaseModel):
+    """Body of ``POST /api/admin/users``."""
+
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    password: str = Field(min_length=4, max_length=256)
+    role: Literal["admin", "user"] = "user"
+
+
+class UserPatch(BaseModel):
+    """Body of ``PATCH /api/admin/users/{id}``: the fields to change."""
+
+    role: Literal["admin", "user"] | None = None
+    is_active: bool | None = None
+    password: str | None = Field(None, min_length=4, max_length=256)
+
+
+def _job_out(job: CrawlJob, *, executions: bool = False) -> JobOut:
+    data: dict[str, Any] = job.to_dict()
+    if executions:
+        data["executions"] = [execution.to_dict() for execution in job.executions]
+    return JobOut.model_validate(data)
+
+
+def _user_out(user: User) -> UserOut:
+    return UserOut(
+        user_id=user.id,
+        username=user.username,
+        role="admin" if user.role == "admin" else "user",
+        is_active=user.is_active,
+        created_at=user.created_at,
+    )
+
+
+def _not_found(what: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
+
+
+# ---- router ---------------------------------------------------------------------------------------------
+def build_platform_router(platform: "Platform") -> APIRouter:
+    """The platform's REST routes, bound to one :class:`~tidings.crawler.service.Platform`."""
+    router = APIRouter()
+    db = platform.db
+    node = platform.node
+    current_user: Callable[..., Awaitable[UserInfo]] = user_dependency(node)
+    ViewerT = Annotated[UserInfo, Depends(current_user)]  # noqa: N806
+    AdminT = Annotated[UserInfo, Depends(admin_dependency(node))]  # noqa: N806
+
+    async def visible_job(job_id: int, user: UserInfo) -> CrawlJob:
+        job = await store.get_job(db, job_id)
+        if job is None or (job.owner_id != user.id and not user.is_admin):
+            raise _not_found("Job")
+        return job
+
+    @router.post("/api/jobs", tags=["jobs"], status_code=status.HTTP_201_CREATED, response_model=JobOut)
+    async def create_job(body: JobIn, user: ViewerT) -> JobOut:
+        """Start a crawl of ``target_urls`` with spider ``spider_name``; events follow on ``job:<job_id>``."""
+        spiders = platform.config.spiders
+        if body.spider_name not in spiders:
+            detail = f"Unknown spider {body.spider_name!r} (available: {', '.join(spiders) or 'none'})"
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
+        if len(body.target_urls) > platform.config.max_target_urls:
+            detail = f"At most {platform.config.max_target_urls} target URLs per job"
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
+        urls = list(dict.fromkeys(str(url) for url in body.target_urls))
+        job = await store.create_job(db, user.id, body.spider_name, urls)
+        await platform.dispatch(job.id)
+        return _job_out(job)
+
+    @router.get("/api/jobs", tags=["jobs"], response_model=JobList)
+    async def list_jobs(
+        user: ViewerT,
+        job_status: Annotated[JobStatus | None, Query(alias="status")] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JobList:
+        """Your jobs (administrators: everybody's), newest first."""
+        owner = None if user.is_admin else user.id
+        value = None if job_status is None else job_status.value
+        jobs, total = await store.list_jobs(db, owner, status=value, limit=limit, offset=offset)
+        return JobList(jobs=[_job_out(job) for job in jobs], total=total, limit=limit, offset=offset)
+
+    @router.get("/api/jobs/{job_id}", tags=["jobs"], response_model=JobOut)
+    async def get_job(job_id: int, user: ViewerT) -> JobOut:
+        """One job with its executions (404 for another user's job)."""
+        return _job_out(await visible_job(job_id, user), executions=True)
+
+    @router.post("/api/jobs/{job_id}/cancel", tags=["jobs"], response_model=JobOut)
+    async def cancel_job(job_id: int, user: ViewerT) -> JobOut:
+        """Cancel a pending or running job; the spider is stopped and ``job_failed`` (error ``cancelled``,
+        status ``cancelled``) follows. 409 when the job has already ended."""
+        job = await visible_job(job_id, user)
+        if job.status in FINAL_STATUSES:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"Job {job_id} has already ended ({job.status})")
+        updated = await platform.cancel(job_id)
+        if updated is None:
+            raise _not_found("Job")
+        return _job_out(updated, executions=True)
+
+    @router.get("/api/properties", tags=["properties"], response_model=PropertyList)
+    async def list_properties(
+        _: ViewerT,
+        location: Annotated[str | None, Query(max_length=255, description="Substring, case-insensitive")] = None,
+        min_price: Annotated[Decimal | None, Query(ge=0)] = None,
+        max_price: Annotated[Decimal | None, Query(ge=0)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> PropertyList:
+        """Properties matching the filters, by id, with the total number matching."""
+        rows, total = await store.list_properties(
+            db, location=location, min_price=min_price, max_price=max_price, limit=limit, offset=offset
+        )
+        items = [PropertyOut.model_validate(prop.to_dict()) for prop in rows]
+        return PropertyList(properties=items, total=total, limit=limit, offset=offset)
+
+    @router.get("/api/properties/{property_id}", tags=["properties"], response_model=PropertyDetail)
+    async def get_property(property_id: int, _: ViewerT) -> PropertyDetail:
+        """One property with its price history."""
+        found = await store.get_property(db, property_id)
+        if found is None:
+            raise _not_found("Property")
+        prop, history = found
+        return PropertyDetail.model_validate({**prop.to_dict(), "price_history": [h.to_dict() for h in history]})
+
+    @router.get("/api/admin/users", tags=["admin"], response_model=UserList)
+    async def list_users(_: AdminT) -> UserList:
+        """Every account."""
+        async with db.sessions() as session:
+            users = (await session.execute(select(User).order_by(User.id))).scalars()
+            return UserList(users=[_user_out(user) for user in users])
+
+    @router.post("/api/admin/users", tags=["admin"], status_code=status.HTTP_201_CREATED, response_model=UserOut)
+    async def create_user(body: UserIn, _: AdminT) -> UserOut:
+        """Create an account (409 when the name is taken)."""
+        try:
+            user = await db.create_user(body.username, body.password, role=body.role)
+        except DuplicateUser:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"User {body.username!r} already exists") from None
+        return _user_out(user)
+
+    @router.patch("/api/admin/users/{user_id}", tags=["admin"], response_model=UserOut)
+    async def update_user(user_id: int, body: UserPatch, _: AdminT) -> UserOut:
+        """Change an account's role, active flag or password. The last active administrator cannot be demoted
+        or deactivated (409)."""
+        async with db.session() as session:
+            user = await session.get(User, user_id, with_for_update=True)
+            if user is None:
+                raise _not_found("User")
+            loses_admin = user.role == "admin" and user.is_active and (body.role == "user" or body.is_active is False)
+            if loses_admin:
+                query = select(func.count(User.id)).where(User.role == "admin", User.is_active.is_(True))
+                if int((await session.execute(query)).scalar_one()) <= 1:
+                    raise HTTPException(status.HTTP_409_CONFLICT, "The last active administrator must stay one")
+            if body.role is not None:
+                user.role = body.role
+            if body.is_active is not None:
+                user.is_active = body.is_active
+            if body.password is not None:
+                user.password_hash = hash_password(body.password)
+            await session.flush()
+            return _user_out(user)
+
+    return router

@@ -1,0 +1,78 @@
+"""Settings of the crawler platform: ``TIDINGS_*`` variables next to the hub's :class:`tidings.settings.Settings`.
+
+The hub's settings give the database (``TIDINGS_DATABASE_URL``), the broker (``TIDINGS_BROKER_URL``) and
+``TIDINGS_JOB_PROGRESS_EVERY``; these add what only the platform needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tidings.settings import Settings
+
+__all__ = ["PlatformSettings", "uses_workers"]
+
+
+class PlatformSettings(BaseSettings):
+    """Configuration of crawl jobs, workers and the sample site, read from ``TIDINGS_*`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", extra="ignore")
+
+    spiders: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["listings"], description="Spider names jobs may use (comma-separated)."
+    )
+    celery_broker_url: str = Field(
+        "", description="Celery's broker; default: TIDINGS_BROKER_URL when that is redis://, else no workers."
+    )
+    job_queue: str = Field("tidings.jobs", description="Celery queue the crawl jobs go to.")
+    job_lease_seconds: float = Field(
+        30.0, gt=0, description="A running job whose runner has not renewed its lease for this long is failed."
+    )
+    reaper_interval: float = Field(0.0, ge=0, description="Seconds between reaper passes; 0: a third of the lease.")
+    crawl_settings: dict[str, Any] = Field(
+        default_factory=dict, description='Scrapy settings for every crawl, as JSON (e.g. {"DOWNLOAD_DELAY": 0}).'
+    )
+    max_target_urls: int = Field(20, ge=1, description="Most target URLs one job may have.")
+    sample_site_price_version_file: str = Field(
+        "", description="File holding the sample site's price version; default data_dir/sample-site-price-version."
+    )
+
+    @field_validator("spiders", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often a runner renews its lease and looks for a cancel request."""
+        return max(0.2, min(self.job_lease_seconds / 3, 2.0))
+
+    @property
+    def reaper_period(self) -> float:
+        """Seconds between reaper passes."""
+        return self.reaper_interval or max(0.5, self.job_lease_seconds / 3)
+
+    def price_version_path(self, settings: Settings) -> Path:
+        """Where the sample site reads its price version (re-read on every request)."""
+        if self.sample_site_price_version_file:
+            return Path(self.sample_site_price_version_file)
+        return settings.data_dir / "sample-site-price-version"
+
+    def celery_url(self, settings: Settings) -> str | None:
+        """Celery's broker URL, or None when jobs run in-process (the embedded default)."""
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            return settings.broker_url
+        return None
+
+
+def uses_workers(settings: Settings, platform: PlatformSettings) -> bool:
+    """Whether jobs go to Celery workers (True) or run inside the server (False)."""
+    return platform.celery_url(settings) is not None
