@@ -62,6 +62,64 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run())
 
 
+def _local_token(settings: Settings, name: str) -> str | None:
+    """Sign a token for the active user ``name`` with this installation's key (None if there is no such user)."""
+    from tidings.auth import create_access_token
+    from tidings.db import Database
+
+    async def run() -> str | None:
+        db = Database(settings.resolved_database_url)
+        try:
+            await db.migrate()
+            user = await db.active_user(name)
+        finally:
+            await db.dispose()
+        return None if user is None else create_access_token(user.username, settings.resolved_secret_key, 3600)
+
+    return asyncio.run(run())
+
+
+def _listen(args: argparse.Namespace, settings: Settings) -> int:
+    from tidings.client import listen
+
+    token = args.token or _local_token(settings, args.user)
+    if not token:
+        print(f"error: no active user {args.user!r}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(listen(args.url, token, args.channels))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _publish(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    import httpx
+
+    from tidings.client import publish_rest
+
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        print(f"error: DATA is not JSON: {exc}", file=sys.stderr)
+        return 1
+    token = args.token or _local_token(settings, args.user or settings.admin_username)
+    if not token:
+        print("error: no active administrator to sign a token for (use --user or --token)", file=sys.stderr)
+        return 1
+    try:
+        reply = publish_rest(args.url, token, args.channel, data)
+    except httpx.HTTPStatusError as exc:
+        print(f"error: {exc.response.status_code} {exc.response.text}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply))
+    return 0
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from tidings.crawler.config import PlatformSettings
     from tidings.crawler.tasks import run_worker
@@ -106,6 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--ttl", type=int, default=0, help="lifetime in seconds (default TIDINGS_TOKEN_TTL)")
     p.set_defaults(func=_token)
+
+    p = sub.add_parser("listen", help="subscribe to channels and print their events as JSON lines")
+    p.add_argument("channels", metavar="CHANNEL", nargs="+")
+    p.add_argument("--url", default="ws://127.0.0.1:8000/ws/authenticated")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--user", default="admin", help="sign a token locally for this user (default admin)")
+    who.add_argument("--token", help="an access token")
+    p.set_defaults(func=_listen)
+
+    p = sub.add_parser("publish", help="publish JSON data on a channel (POST /api/publish, admin token)")
+    p.add_argument("channel", metavar="CHANNEL")
+    p.add_argument("data", metavar="JSON")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--user", help="administrator to sign a token for locally (default TIDINGS_ADMIN_USERNAME)")
+    who.add_argument("--token", help="an administrator's access token")
+    p.set_defaults(func=_publish)
     return parser
 
 
