@@ -435,9 +435,14 @@ class RedisBroker:
                 self.last_error = str(exc) or type(exc).__name__
                 await self._drop_sub()  # the reader notices, reports and reconnects
 
+    def _cluster_id(self, conn_id: str) -> str:
+        """Connection ids are unique per process only; prefix them with this node's id."""
+        return f"{self.node_id}.{conn_id}"
+
     # ---- presence ----------------------------------------------------------------------------------------
     async def presence_add(self, channel: str, conn_id: str, info: dict[str, Any]) -> bool:
         """Record a connection in the channel; True when its user had no live connection there before."""
+        conn_id = self._cluster_id(conn_id)
         user_id = int(info["user_id"])
         value = f"{self.node_id}|{user_id}|".encode() + orjson.dumps(info)
         self._local_presence.setdefault(channel, {})[conn_id] = value.decode()
@@ -447,6 +452,7 @@ class RedisBroker:
 
     async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
         """Forget a connection; True when its user has no live connection left in the channel."""
+        conn_id = self._cluster_id(conn_id)
         entries = self._local_presence.get(channel)
         if entries is not None:
             entries.pop(conn_id, None)
@@ -471,6 +477,7 @@ class RedisBroker:
     # ---- connections -------------------------------------------------------------------------------------
     async def connection_add(self, user_id: int, conn_id: str) -> int:
         """Count a connection cluster-wide (atomic add-and-count); while Redis is down, count this node's only."""
+        conn_id = self._cluster_id(conn_id)
         self._local_conns[conn_id] = user_id
         self._stale_conns.pop(conn_id, None)
         args: list[EncodableT] = [self.prefix, self.node_id, user_id, conn_id]
@@ -482,6 +489,7 @@ class RedisBroker:
 
     async def connection_remove(self, user_id: int, conn_id: str) -> None:
         """Forget a connection (retried after a reconnect if Redis is down now)."""
+        conn_id = self._cluster_id(conn_id)
         self._local_conns.pop(conn_id, None)
         args: list[EncodableT] = [self.prefix, self.node_id, user_id, conn_id]
         try:
