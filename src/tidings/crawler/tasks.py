@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,6 +70,7 @@ def run_worker(
         f"--concurrency={concurrency}",
         f"--queues={platform.job_queue}",
         f"--loglevel={loglevel}",
+        f"--hostname=tidings-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
         *extra,

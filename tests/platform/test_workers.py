@@ -1,0 +1,146 @@
+"""Jobs on real Celery workers: ``tidings serve`` + ``tidings worker`` + Redis, crawling the server's sample site.
+
+Run against SQLite and PostgreSQL (``database_env``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.conftest import LiveServer, recv_json, ws_connect
+from tests.platform.conftest import (
+    SLOW_CRAWL,
+    api_get,
+    collect_job,
+    create_job,
+    platform_server,
+    set_price_version,
+    site_url,
+    subscribe,
+)
+from tidings.crawler.sample_site import price_changed_ids, summary
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+LISTING_ID = re.compile(r"/listing/(\d+)\.html$")
+
+
+def check_job_stream(events: list[dict[str, Any]], total: int, every: int = 10) -> None:
+    """job_started first, progress in increasing order at every ``every`` items, job_completed with ``total``."""
+    names = [e["event"] for e in events]
+    assert names[0] == "job_started", names
+    assert names[-1] == "job_completed", names
+    assert set(names[1:-1]) == {"job_progress"}, names
+    progress = [e["items_scraped"] for e in events[1:-1]]
+    assert progress == list(range(every, total + 1, every)), progress
+    assert all(e["status"] == "running" for e in events[1:-1])
+    assert events[-1]["total_items"] == total
+    offsets = [e["offset"] for e in events]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+
+
+async def test_worker_crawl_end_to_end_then_price_changes(
+    server_factory: Any, worker_factory: Any, database_env: dict[str, str], redis_env: dict[str, str]
+) -> None:
+    server: LiveServer = platform_server(server_factory, {**database_env, **redis_env})
+    worker = worker_factory(server)
+    expected = summary().items_expected
+
+    ws = await ws_connect(server.ws_url(), server.token("ann"))
+    try:
+        hello = await recv_json(ws)
+        ann_channel = f"user:{hello['user_id']}"
+        assert (await subscribe(ws, "property_updates"))["type"] == "subscription_confirmed"
+
+        # 1. first crawl: every listing is new
+        job = await create_job(server, "ann", [site_url(server)])
+        assert job["status"] == "pending" and job["owner_id"] == hello["user_id"]
+        seen = await collect_job(ws, job["job_id"], ann_channel)
+        assert seen.final["event"] == "job_completed", (seen.final, worker.log()[-3000:])
+        check_job_stream(seen.job, expected)
+
+        listed = (await api_get(server, "ann", "/api/properties", limit=500)).json()
+        assert listed["total"] == expected == len(listed["properties"])
+        new = [p for p in seen.properties if p["event"] == "new_properties"]
+        assert sum(p["count"] for p in new) == expected
+        assert {p["location"] for p in new} == {"Amsterdam", "London", "Boston"}
+        assert not [p for p in seen.properties if p["event"] == "price_change"]
+
+        stored = (await api_get(server, "ann", f"/api/jobs/{job['job_id']}")).json()
+        assert stored["status"] == "completed" and stored["items_scraped"] == expected
+        assert stored["executions"][0]["worker"].startswith("celery@")
+        assert stored["executions"][0]["items_scraped"] == expected
+
+        # 2. prices change on the site; a second crawl reports exactly those listings
+        by_listing = {int(LISTING_ID.search(p["url"]).group(1)): p for p in listed["properties"]}  # type: ignore[union-attr]
+        watched = by_listing[5]["property_id"]
+        assert (await subscribe(ws, f"property:{watched}"))["type"] == "subscription_confirmed"
+        set_price_version(server, 1)
+        job2 = await create_job(server, "ann", [site_url(server)])
+        seen2 = await collect_job(ws, job2["job_id"], ann_channel)
+        check_job_stream(seen2.job, expected)
+        changes = [p for p in seen2.properties if p["event"] == "price_change"]
+        changed_ids = {int(LISTING_ID.search(p["url"]).group(1)) for p in changes}  # type: ignore[union-attr]
+        assert changed_ids == set(price_changed_ids(1))
+        assert all(p["old_price"] != p["new_price"] for p in changes)
+        assert not [p for p in seen2.properties if p["event"] == "new_properties"]
+
+        detail = (await api_get(server, "ann", f"/api/properties/{watched}")).json()
+        [history] = detail["price_history"]
+        [change] = [p for p in changes if p["property_id"] == watched]
+        assert (history["old_price"], history["new_price"]) == (change["old_price"], change["new_price"])
+        assert detail["price"] == change["new_price"]
+
+        on_property_channel = [
+            m
+            for m in seen2.other
+            if m.get("channel") == f"property:{watched}" and m["type"] == "property_notification"
+        ]
+        assert [m["event"] for m in on_property_channel] == ["price_change"]
+        assert on_property_channel[0]["new_price"] == change["new_price"]
+        await ws.send('{"type": "request_status"}')
+        while (status := await recv_json(ws, 10))["type"] != "status_update":
+            pass
+        assert status["total_properties"] == expected
+        assert status["active_jobs"] == 0
+    finally:
+        await ws.close()
+
+
+async def test_killed_worker_leaves_the_job_failed_and_tells_the_owner(
+    server_factory: Any, worker_factory: Any, database_env: dict[str, str], redis_env: dict[str, str]
+) -> None:
+    env = {**database_env, **redis_env, "TIDINGS_JOB_LEASE_SECONDS": "3"}
+    server: LiveServer = platform_server(server_factory, env)
+    worker = worker_factory(server, {"TIDINGS_CRAWL_SETTINGS": SLOW_CRAWL})
+
+    ws = await ws_connect(server.ws_url(), server.token("ann"))
+    try:
+        hello = await recv_json(ws)
+        job = await create_job(server, "ann", [site_url(server)])
+        job_channel = f"job:{job['job_id']}"
+        assert (await subscribe(ws, job_channel))["type"] == "subscription_confirmed"
+        seen = await collect_job(ws, job["job_id"], f"user:{hello['user_id']}", until=("job_progress",))
+        assert seen.final["event"] == "job_progress", seen.job
+        running = (await api_get(server, "ann", f"/api/jobs/{job['job_id']}")).json()
+        assert running["status"] == "running"
+
+        worker.kill()
+
+        rest = await collect_job(ws, job["job_id"], f"user:{hello['user_id']}")
+        assert rest.final["event"] == "job_failed", rest.job
+        assert rest.final["error"] == "worker lost"
+        assert rest.final["status"] == "failed"
+        failed = (await api_get(server, "ann", f"/api/jobs/{job['job_id']}")).json()
+        assert failed["status"] == "failed" and failed["error"] == "worker lost"
+        assert failed["finished_at"] is not None
+        assert failed["executions"][0]["error"] == "worker lost"
+        await ws.send('{"type": "request_status"}')
+        while (msg := await recv_json(ws, 10))["type"] != "status_update":
+            pass
+        assert msg["active_jobs"] == 0
+    finally:
+        await ws.close()
