@@ -214,6 +214,20 @@ async def collect_job(
             seen.other.append(msg)
 
 
+def check_job_stream(events: list[dict[str, Any]], total: int, every: int = 10) -> None:
+    """job_started first, progress in increasing order at every ``every`` items, job_completed with ``total``."""
+    names = [e["event"] for e in events]
+    assert names[0] == "job_started", names
+    assert names[-1] == "job_completed", names
+    assert set(names[1:-1]) == {"job_progress"}, names
+    progress = [e["items_scraped"] for e in events[1:-1]]
+    assert progress == list(range(every, total + 1, every)), progress
+    assert all(e["status"] == "running" for e in events[1:-1])
+    assert events[-1]["total_items"] == total
+    offsets = [e["offset"] for e in events]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+
+
 async def subscribe(ws: ClientConnection, channel: str) -> dict[str, Any]:
     """Subscribe and return the reply (``subscription_confirmed`` or ``subscription_error``)."""
     import json
@@ -231,6 +245,7 @@ __all__ = [
     "JobEvents",
     "Worker",
     "api_get",
+    "check_job_stream",
     "collect_job",
     "create_job",
     "headers",

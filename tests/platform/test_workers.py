@@ -14,6 +14,7 @@ from tests.conftest import LiveServer, recv_json, ws_connect
 from tests.platform.conftest import (
     SLOW_CRAWL,
     api_get,
+    check_job_stream,
     collect_job,
     create_job,
     platform_server,
@@ -26,20 +27,6 @@ from tidings.crawler.sample_site import price_changed_ids, summary
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 LISTING_ID = re.compile(r"/listing/(\d+)\.html$")
-
-
-def check_job_stream(events: list[dict[str, Any]], total: int, every: int = 10) -> None:
-    """job_started first, progress in increasing order at every ``every`` items, job_completed with ``total``."""
-    names = [e["event"] for e in events]
-    assert names[0] == "job_started", names
-    assert names[-1] == "job_completed", names
-    assert set(names[1:-1]) == {"job_progress"}, names
-    progress = [e["items_scraped"] for e in events[1:-1]]
-    assert progress == list(range(every, total + 1, every)), progress
-    assert all(e["status"] == "running" for e in events[1:-1])
-    assert events[-1]["total_items"] == total
-    offsets = [e["offset"] for e in events]
-    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
 
 
 async def test_worker_crawl_end_to_end_then_price_changes(
@@ -95,9 +82,7 @@ async def test_worker_crawl_end_to_end_then_price_changes(
         assert detail["price"] == change["new_price"]
 
         on_property_channel = [
-            m
-            for m in seen2.other
-            if m.get("channel") == f"property:{watched}" and m["type"] == "property_notification"
+            m for m in seen2.other if m.get("channel") == f"property:{watched}" and m["type"] == "property_notification"
         ]
         assert [m["event"] for m in on_property_channel] == ["price_change"]
         assert on_property_channel[0]["new_price"] == change["new_price"]

@@ -1,0 +1,112 @@
+"""The embedded default: memory broker, jobs run inside ``tidings serve`` (nothing else started).
+
+Run against SQLite and PostgreSQL (``database_env``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, recv_json, ws_connect
+from tests.platform.conftest import (
+    SLOW_CRAWL,
+    api_get,
+    check_job_stream,
+    collect_job,
+    create_job,
+    headers,
+    platform_server,
+    set_price_version,
+    site_url,
+    subscribe,
+)
+from tidings.crawler.sample_site import price_changed_ids, summary
+
+pytestmark = [pytest.mark.slow]
+
+
+async def test_embedded_crawl_end_to_end(server_factory: Any, database_env: dict[str, str]) -> None:
+    server: LiveServer = platform_server(server_factory, database_env)
+    expected = summary().items_expected
+    ws = await ws_connect(server.ws_url(), server.token("ann"))
+    try:
+        hello = await recv_json(ws)
+        assert (await subscribe(ws, "property_updates"))["type"] == "subscription_confirmed"
+        job = await create_job(server, "ann", [site_url(server)])
+        # the job's own channel: its owner may subscribe, another user may not
+        assert (await subscribe(ws, f"job:{job['job_id']}"))["type"] == "subscription_confirmed"
+        seen = await collect_job(ws, job["job_id"], f"job:{job['job_id']}")
+        check_job_stream(seen.job, expected)
+        assert sum(p["count"] for p in seen.properties if p["event"] == "new_properties") == expected
+
+        stored = (await api_get(server, "ann", f"/api/jobs/{job['job_id']}")).json()
+        assert stored["status"] == "completed" and stored["items_scraped"] == expected
+        assert stored["executions"][0]["worker"].startswith("server@")
+
+        set_price_version(server, 2)
+        job2 = await create_job(server, "ann", [site_url(server)])
+        seen2 = await collect_job(ws, job2["job_id"], f"user:{hello['user_id']}")
+        check_job_stream(seen2.job, expected)
+        changes = [p for p in seen2.properties if p["event"] == "price_change"]
+        assert len(changes) == len(price_changed_ids(2))
+        listed = (await api_get(server, "ann", "/api/properties", limit=1)).json()
+        assert listed["total"] == expected
+    finally:
+        await ws.close()
+
+
+async def test_unreachable_target_fails_the_job_readably(server_factory: Any, database_env: dict[str, str]) -> None:
+    server: LiveServer = platform_server(server_factory, database_env)
+    ws = await ws_connect(server.ws_url(), server.token("ann"))
+    try:
+        hello = await recv_json(ws)
+        job = await create_job(server, "ann", ["http://127.0.0.1:9/"])
+        seen = await collect_job(ws, job["job_id"], f"user:{hello['user_id']}")
+        assert [e["event"] for e in seen.job] == ["job_started", "job_failed"]
+        error = seen.final["error"]
+        assert "http://127.0.0.1:9/" in error and "Connection refused" in error, error
+        assert seen.final["status"] == "failed"
+        failed = (await api_get(server, "ann", f"/api/jobs/{job['job_id']}")).json()
+        assert failed["status"] == "failed" and failed["error"] == error
+        assert failed["items_scraped"] == 0
+    finally:
+        await ws.close()
+
+
+async def test_cancel_stops_the_spider_and_reports_it(server_factory: Any, database_env: dict[str, str]) -> None:
+    server: LiveServer = platform_server(server_factory, {**database_env, "TIDINGS_CRAWL_SETTINGS": SLOW_CRAWL})
+    ws = await ws_connect(server.ws_url(), server.token("ann"))
+    try:
+        hello = await recv_json(ws)
+        channel = f"user:{hello['user_id']}"
+        job = await create_job(server, "ann", [site_url(server)])
+        seen = await collect_job(ws, job["job_id"], channel, until=("job_progress",))
+        assert seen.final["event"] == "job_progress"
+
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            other = await http.post(f"/api/jobs/{job['job_id']}/cancel", headers=headers(server, "bob"))
+            assert other.status_code == 404
+            resp = await http.post(f"/api/jobs/{job['job_id']}/cancel", headers=headers(server, "ann"))
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["cancel_requested"] is True
+
+        rest = await collect_job(ws, job["job_id"], channel)
+        assert rest.final["event"] == "job_failed"
+        assert rest.final["error"] == "cancelled" and rest.final["status"] == "cancelled"
+        progress = [e["items_scraped"] for e in seen.job + rest.job if e["event"] == "job_progress"]
+        assert progress == sorted(progress)
+
+        job_now = (await api_get(server, "ann", f"/api/jobs/{job['job_id']}")).json()
+        assert job_now["status"] == "cancelled"
+        stored = (await api_get(server, "ann", "/api/properties", limit=1)).json()["total"]
+        assert job_now["items_scraped"] == stored == rest.final["items_scraped"]
+        assert stored < summary().items_expected
+
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            again = await http.post(f"/api/jobs/{job['job_id']}/cancel", headers=headers(server, "ann"))
+        assert again.status_code == 409
+    finally:
+        await ws.close()
