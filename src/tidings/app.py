@@ -13,6 +13,7 @@ from tidings import __version__
 from tidings.crawler.service import install_platform
 from tidings.service import Tidings
 from tidings.settings import Settings
+from tidings.web.routes import mount_dashboard
 
 __all__ = ["create_app"]
 
@@ -35,4 +36,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     client_dir = WEB / "client"
     if client_dir.is_dir():
         app.mount("/static/client", StaticFiles(directory=client_dir), name="client")
+    mount_dashboard(app, hub.node)  # /login, /dashboard, /dashboard/static, JSON for charts (tidings.web.routes)
     return app

@@ -1,0 +1,96 @@
+"""The live dashboard: its pages and static files, and two small JSON endpoints it reads.
+
+- ``GET /login`` and ``GET /dashboard``: the pages (plain HTML, CSS and ES modules, no build step), the files under
+  ``/dashboard/static/`` (``src/tidings/web/dashboard/``). ``GET /`` redirects to the dashboard when the
+  application has no page of its own there.
+- ``GET /api/dashboard/rates``: this node's cumulative message counters, for messages-per-second charts.
+- ``GET /api/history/{channel}``: the latest publications of a channel still in history, for a view that opens
+  (a chat room's backlog) or must reload after a failed recovery.
+"""
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, status
+from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.routing import Route
+
+from tidings.api.deps import user_dependency
+from tidings.broker import BrokerUnavailable
+from tidings.connection import UserInfo
+from tidings.node import Node
+
+__all__ = ["DASHBOARD_DIR", "build_dashboard_router", "mount_dashboard"]
+
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+
+#: Pages are never cached: a deploy must not leave browsers on stale module graphs.
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def build_dashboard_router(node: Node) -> APIRouter:
+    """The dashboard's pages and JSON endpoints, bound to ``node``."""
+    router = APIRouter()
+    viewer = Annotated[UserInfo, Depends(user_dependency(node))]
+
+    @router.get("/login", include_in_schema=False)
+    async def login_page() -> FileResponse:
+        """The sign-in page (``POST /auth/token``; the token is kept in ``sessionStorage``)."""
+        return FileResponse(DASHBOARD_DIR / "login.html", headers=_NO_STORE)
+
+    @router.get("/dashboard", include_in_schema=False)
+    async def dashboard_page() -> FileResponse:
+        """The single-page dashboard."""
+        return FileResponse(DASHBOARD_DIR / "index.html", headers=_NO_STORE)
+
+    @router.get("/api/dashboard/rates", tags=["dashboard"])
+    async def rates(_: viewer) -> dict[str, Any]:
+        """This node's cumulative counters; the difference of two samples over their ``time`` gives rates."""
+        hub = node.hub
+        return {
+            "time": time.time(),
+            "connections": len(hub.connections),
+            "users": len(hub.by_user),
+            "channels": len(hub.subscribers),
+            "publications": hub.publications_delivered,
+            "deliveries": hub.deliveries,
+            "messages_received": node.messages_received,
+        }
+
+    @router.get("/api/history/{channel}", tags=["dashboard"])
+    async def history(channel: str, user: viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        """The last ``limit`` messages of ``channel`` still in history, oldest first, with its position.
+
+        Only for channels the user may subscribe to and whose every message they may see (not ``job_updates``
+        for non-administrators, whose subscription is an alias of their own ``user:<id>``).
+        """
+        policy = node.rules.policy(channel)
+        if policy is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"Unknown channel: {channel}")
+        if not await node.rules.may_subscribe(user, channel) or (policy.own_events_alias and not user.is_admin):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"History of {channel} is not available")
+        try:
+            offset, epoch = await node.broker.position(channel)
+            result = await node.broker.recover(channel, max(0, offset - limit), epoch)
+        except BrokerUnavailable:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Broker unavailable") from None
+        messages = [orjson.loads(pub.frame.payload) for pub in result.publications]
+        return {"channel": channel, "offset": result.offset, "epoch": result.epoch, "messages": messages}
+
+    return router
+
+
+def mount_dashboard(app: FastAPI, node: Node) -> None:
+    """Add the dashboard to ``app``: pages, JSON endpoints, ``/dashboard/static`` and a ``/`` redirect."""
+    has_root = any(isinstance(r, Route) and r.path == "/" for r in app.router.routes)
+    app.include_router(build_dashboard_router(node))
+    app.mount("/dashboard/static", StaticFiles(directory=DASHBOARD_DIR), name="dashboard")
+    if not has_root:
+
+        @app.get("/", include_in_schema=False)
+        async def root() -> RedirectResponse:
+            """Send visitors to the dashboard."""
+            return RedirectResponse("/dashboard")
