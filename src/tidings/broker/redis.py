@@ -122,6 +122,8 @@ class RedisBroker:
         # Channels this node wants, by their pub/sub key; and the pub/sub key -> channel map for the reader.
         self._channels: dict[bytes, str] = {}
         self._pending_subs: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._markers: dict[bytes, asyncio.Future[None]] = {}
+        self._control = f"{prefix}:control:{self.node_id}".encode()
         self._last: dict[str, tuple[str, int]] = {}  # channel -> (epoch, offset) last delivered
         # This node's registrations, replayed after a reconnect (Redis may have lost them).
         self._local_conns: dict[str, int] = {}  # conn_id -> user_id
@@ -200,14 +202,40 @@ class RedisBroker:
         return Publication(channel, int(offset), epoch_s, Frame(payload))
 
     async def position(self, channel: str) -> tuple[int, str]:
-        """The channel's latest offset and epoch (creates the channel's metadata, and epoch, if missing)."""
-        offset, epoch, _ = await self._history(channel, -1, "")
+        """The channel's latest offset and epoch (creates the channel's metadata, and epoch, if missing).
+
+        Returns once this node's reader has delivered every publication up to that offset, so a subscriber
+        confirmed at offset N receives exactly the publications after N.
+        """
+        offset, epoch, _ = await self._history(channel, -1, "", sync=True)
         return offset, epoch
 
-    async def _history(self, channel: str, since: int, since_epoch: str) -> tuple[int, str, list[Publication]]:
+    async def _history(
+        self, channel: str, since: int, since_epoch: str, *, sync: bool = False
+    ) -> tuple[int, str, list[Publication]]:
+        """Run the recover script; with ``sync``, wait for its marker to come through the pub/sub stream."""
         keys = [self.keys.meta(channel), self.keys.hist(channel)]
-        args: list[EncodableT] = [new_epoch(), self.history_ttl, since, since_epoch]
-        offset, epoch_b, entries = await self._call(lambda: self._recover(keys=keys, args=args))
+        marker = b""
+        future: asyncio.Future[None] | None = None
+        if sync and self._connected and self.keys.pub(channel).encode() in self._channels:
+            marker = secrets.token_hex(8).encode()
+            future = self._markers[marker] = asyncio.get_running_loop().create_future()
+        args: list[EncodableT] = [
+            new_epoch(),
+            self.history_ttl,
+            since,
+            since_epoch,
+            self._control if future else "",
+            marker,
+        ]
+        try:
+            offset, epoch_b, entries = await self._call(lambda: self._recover(keys=keys, args=args))
+            if future is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, 5.0)
+        finally:
+            if future is not None:
+                self._markers.pop(marker, None)
         epoch = epoch_b.decode()
         pubs = []
         for entry_id, fields in entries:
@@ -217,7 +245,7 @@ class RedisBroker:
 
     async def recover(self, channel: str, since_offset: int, since_epoch: str) -> HistoryResult:
         """Publications after ``since_offset``; ``recovered`` only if history reaches back and the epoch matches."""
-        offset, epoch, pubs = await self._history(channel, since_offset, since_epoch)
+        offset, epoch, pubs = await self._history(channel, since_offset, since_epoch, sync=True)
         if epoch != since_epoch:
             return HistoryResult([], offset, epoch, recovered=False)
         complete = since_offset >= offset or (bool(pubs) and pubs[0].offset == since_offset + 1)
@@ -302,14 +330,18 @@ class RedisBroker:
                 if not future.done():
                     future.set_result(None)
         self._pending_subs.clear()
+        for future in self._markers.values():
+            if not future.done():
+                future.set_result(None)
 
     async def _connect_and_read(self) -> None:
         sub = self.client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         self._sub = sub
         await sub.connect()
+        await sub.send_command("CLIENT", "SETNAME", f"tidings-sub:{self.prefix}:{self.node_id}")
+        await sub.read_response()
         wanted = list(self._channels)
-        control = f"{self.prefix}:control:{self.node_id}".encode()
-        await sub.send_command("SUBSCRIBE", control, *wanted)
+        await sub.send_command("SUBSCRIBE", self._control, *wanted)
         # Wait for every confirmation so that a replay from history cannot leave a gap before live messages.
         early: list[list[bytes]] = []
         confirmed = 0
@@ -350,7 +382,12 @@ class RedisBroker:
             msg = await sub.read_response(timeout=math.inf, disconnect_on_error=False)
             kind = msg[0]
             if kind == b"message":
-                self._on_message(msg[1], msg[2])
+                if msg[1] == self._control:
+                    marker = self._markers.get(msg[2])
+                    if marker is not None and not marker.done():
+                        marker.set_result(None)
+                else:
+                    self._on_message(msg[1], msg[2])
             elif kind == b"subscribe":
                 self._resolve(msg[1])
             elif kind == b"pong":

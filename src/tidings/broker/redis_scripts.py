@@ -94,9 +94,14 @@ return {offset, epoch}
 """
 
 # The channel's position, and with since >= 0 the history after it (only if the epoch matches).
-# KEYS: meta, hist. ARGV: epoch for a new stream, history_ttl, since (-1: position only), since_epoch.
+# KEYS: meta, hist. ARGV: epoch for a new stream, history_ttl, since (-1: position only), since_epoch,
+# marker channel ('' for none), marker. The marker, published last, tells the calling node's reader that every
+# publication up to the returned offset has gone through its pub/sub stream (so history and live never overlap).
 # Returns {offset, epoch, entries}.
 RECOVER = """
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+end
 local epoch = redis.call('HGET', KEYS[1], 'e')
 local offset = 0
 if not epoch then
