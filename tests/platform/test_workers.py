@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import LiveServer, recv_json, ws_connect
@@ -17,6 +18,7 @@ from tests.platform.conftest import (
     check_job_stream,
     collect_job,
     create_job,
+    headers,
     platform_server,
     set_price_version,
     site_url,
@@ -127,5 +129,34 @@ async def test_killed_worker_leaves_the_job_failed_and_tells_the_owner(
         while (msg := await recv_json(ws, 10))["type"] != "status_update":
             pass
         assert msg["active_jobs"] == 0
+    finally:
+        await ws.close()
+
+
+async def test_cancelled_pending_job_is_skipped_by_the_worker(
+    server_factory: Any, worker_factory: Any, redis_env: dict[str, str]
+) -> None:
+    """A job cancelled while queued ends at once; the worker that later receives its message leaves it alone."""
+    server: LiveServer = platform_server(server_factory, redis_env)
+    ws = await ws_connect(server.ws_url(), server.token("ann"))
+    try:
+        hello = await recv_json(ws)
+        channel = f"user:{hello['user_id']}"
+        queued = await create_job(server, "ann", [site_url(server)])
+        async with httpx.AsyncClient(base_url=server.url, headers=headers(server, "ann")) as http:
+            resp = await http.post(f"/api/jobs/{queued['job_id']}/cancel")
+        assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+        seen = await collect_job(ws, queued["job_id"], channel)
+        assert [e["event"] for e in seen.job] == ["job_failed"]
+        assert seen.final["error"] == "cancelled" and seen.final["status"] == "cancelled"
+
+        worker = worker_factory(server)
+        after = await create_job(server, "ann", ["http://127.0.0.1:9/"])
+        done = await collect_job(ws, after["job_id"], channel)
+        assert done.final["event"] == "job_failed" and "Connection refused" in done.final["error"]
+        assert not [m for m in done.other if m.get("job_id") == queued["job_id"]]
+        job = (await api_get(server, "ann", f"/api/jobs/{queued['job_id']}")).json()
+        assert job["status"] == "cancelled" and job["executions"] == [] and job["started_at"] is None
+        assert f"job {queued['job_id']} is not pending" in worker.log()
     finally:
         await ws.close()
