@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import socket
@@ -62,4 +63,6 @@ def uvicorn_config(app: FastAPI, settings: Settings, host: str, port: int, **ext
 def serve(app: FastAPI, settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run ``app`` until SIGINT/SIGTERM."""
     install_redaction()
-    TidingsServer(uvicorn_config(app, settings, host, port)).run()
+    # uvicorn re-raises the signal it caught once shut down: Ctrl-C surfaces as KeyboardInterrupt (as in uvicorn.run)
+    with contextlib.suppress(KeyboardInterrupt):
+        TidingsServer(uvicorn_config(app, settings, host, port)).run()
