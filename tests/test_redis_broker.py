@@ -1,0 +1,263 @@
+"""The Redis broker and the worker publishers against the machine's Redis (random key prefix per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import free_port
+from tests.test_redis_cluster import eventually
+from tidings.broker import BrokerUnavailable, Publication, create_broker
+from tidings.broker.redis import RedisBroker, redact_url
+from tidings.broker.redis_scripts import parse_position
+from tidings.protocol import encode, with_position
+from tidings.publisher import Publisher, SyncPublisher
+
+pytestmark = [pytest.mark.redis]
+
+URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+async def make(prefix: str) -> AsyncIterator[Callable[..., Any]]:
+    """Start brokers sharing ``prefix``: ``await make(handler, **options)``; all closed at the end."""
+    brokers: list[RedisBroker] = []
+
+    async def start(handler: Callable[[Publication], None] = lambda pub: None, **options: Any) -> RedisBroker:
+        broker = RedisBroker(options.pop("url", URL), prefix=prefix, **options)
+        brokers.append(broker)
+        await broker.start(handler)
+        return broker
+
+    yield start
+    for broker in brokers:
+        await broker.close()
+    client = aioredis.Redis.from_url(URL)
+    keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+def body(channel: str, n: int) -> bytes:
+    return encode({"type": "publication", "channel": channel, "data": {"n": n}})
+
+
+class Collector:
+    """A publication handler that wakes a waiter once ``count`` publications arrived."""
+
+    def __init__(self) -> None:
+        self.pubs: list[Publication] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def __call__(self, pub: Publication) -> None:
+        self.pubs.append(pub)
+        for count, future in self._waiters:
+            if len(self.pubs) >= count and not future.done():
+                future.set_result(None)
+
+    async def wait_for(self, count: int, timeout: float = 20.0) -> list[Publication]:
+        if len(self.pubs) < count:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((count, future))
+            await asyncio.wait_for(future, timeout)
+        return self.pubs
+
+
+def test_create_broker_builds_a_redis_broker() -> None:
+    broker = create_broker(URL, prefix="p", history_size=5, history_ttl=60, presence_ttl=9)
+    assert isinstance(broker, RedisBroker)
+    assert (broker.prefix, broker.history_size, broker.history_ttl, broker.presence_ttl) == ("p", 5, 60, 9)
+
+
+def test_urls_are_redacted() -> None:
+    assert redact_url("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact_url("redis://:secret@host/1") == "redis://:***@host/1"
+    assert redact_url("redis://host:6379") == "redis://host:6379"
+
+
+def test_position_is_read_from_the_tail_of_the_payload() -> None:
+    payload = with_position(b'{"type":"publication","data":{"offset":"x,\\"offset\\":9"}}', 42, "abc")
+    assert parse_position(payload) == (42, "abc")
+
+
+async def test_publications_reach_other_nodes_with_identical_bytes(make: Any) -> None:
+    got = Collector()
+    a = await make(got)
+    b = await make()
+    await a.subscribe("room:x")
+    pub = await b.publish("room:x", body("room:x", 1))
+    assert (pub.offset, len(pub.epoch)) == (1, 8)
+    [received] = await got.wait_for(1)
+    assert received.frame.payload == pub.frame.payload == with_position(body("room:x", 1), 1, pub.epoch)
+    assert (received.channel, received.offset, received.epoch) == ("room:x", 1, pub.epoch)
+
+
+async def test_concurrent_publishers_get_gap_free_ordered_offsets(make: Any, prefix: str) -> None:
+    got = Collector()
+    a = await make(got)
+    b = await make()
+    await a.subscribe("room:c")
+    sync = SyncPublisher(URL, prefix=prefix)
+
+    async def burst(broker: RedisBroker, tag: int) -> list[int]:
+        return [(await broker.publish("room:c", body("room:c", tag * 1000 + i))).offset for i in range(50)]
+
+    def sync_burst() -> list[int]:
+        return [sync.publish("room:c", {"n": i})["offset"] for i in range(50)]
+
+    results = await asyncio.gather(burst(a, 1), burst(b, 2), burst(b, 3), asyncio.to_thread(sync_burst))
+    sync.close()
+    returned = sorted(offset for offsets in results for offset in offsets)
+    assert returned == list(range(1, 201))
+    for offsets in results:
+        assert offsets == sorted(offsets)
+    pubs = await got.wait_for(200)
+    assert [p.offset for p in pubs] == list(range(1, 201))
+
+
+async def test_recover_follows_history_size_and_epoch(make: Any) -> None:
+    broker = await make(history_size=5)
+    for n in range(8):
+        pub = await broker.publish("room:h", body("room:h", n))
+    assert await broker.position("room:h") == (8, pub.epoch)
+    result = await broker.recover("room:h", 3, pub.epoch)
+    assert ([p.offset for p in result.publications], result.recovered) == ([4, 5, 6, 7, 8], True)
+    assert result.publications[0].frame.payload == with_position(body("room:h", 3), 4, pub.epoch)
+    result = await broker.recover("room:h", 2, pub.epoch)
+    assert ([p.offset for p in result.publications], result.recovered) == ([4, 5, 6, 7, 8], False)
+    result = await broker.recover("room:h", 8, pub.epoch)
+    assert (result.publications, result.recovered, result.offset) == ([], True, 8)
+    result = await broker.recover("room:h", 3, "other")
+    assert (result.publications, result.recovered, result.epoch) == ([], False, pub.epoch)
+
+
+async def test_a_new_channel_has_an_epoch_before_its_first_publication(make: Any) -> None:
+    broker = await make()
+    offset, epoch = await broker.position("room:new")
+    assert offset == 0 and epoch
+    pub = await broker.publish("room:new", body("room:new", 0))
+    assert (pub.offset, pub.epoch) == (1, epoch)
+    result = await broker.recover("room:new", 0, epoch)
+    assert ([p.offset for p in result.publications], result.recovered) == ([1], True)
+
+
+async def test_lost_metadata_starts_a_new_epoch(make: Any, prefix: str) -> None:
+    broker = await make()
+    first = [await broker.publish("room:l", body("room:l", n)) for n in range(3)][-1]
+    await broker.client.delete(f"{prefix}:meta:room:l")  # as if Redis had lost it
+    pub = await broker.publish("room:l", body("room:l", 3))
+    assert pub.offset == 1 and pub.epoch != first.epoch
+    result = await broker.recover("room:l", 3, first.epoch)
+    assert (result.publications, result.recovered, result.epoch) == ([], False, pub.epoch)
+    result = await broker.recover("room:l", 0, pub.epoch)
+    assert [p.offset for p in result.publications] == [1]  # the old stream was dropped with its epoch
+
+
+async def test_history_ttl_expires_history_and_counter(make: Any, prefix: str) -> None:
+    broker = await make(history_ttl=1)
+    old = await broker.publish("room:t", body("room:t", 0))
+    assert 0 < await broker.client.ttl(f"{prefix}:hist:room:t") <= 1
+
+    async def expired() -> bool:
+        return not await broker.client.exists(f"{prefix}:meta:room:t", f"{prefix}:hist:room:t")
+
+    await eventually(expired)
+    pub = await broker.publish("room:t", body("room:t", 1))
+    assert pub.offset == 1 and pub.epoch != old.epoch
+    assert not (await broker.recover("room:t", 1, old.epoch)).recovered
+
+
+async def test_history_size_zero_keeps_offsets_but_no_history(make: Any, prefix: str) -> None:
+    broker = await make(history_size=0)
+    pubs = [await broker.publish("room:z", body("room:z", n)) for n in range(3)]
+    assert [p.offset for p in pubs] == [1, 2, 3]
+    assert not await broker.client.exists(f"{prefix}:hist:room:z")
+    assert not (await broker.recover("room:z", 1, pubs[0].epoch)).recovered
+
+
+async def test_connection_counting_is_atomic_across_nodes(make: Any) -> None:
+    a, b = await make(), await make()
+    counts = await asyncio.gather(*(node.connection_add(7, f"c{i}") for i, node in enumerate([a, b] * 5)))
+    assert sorted(counts) == list(range(1, 11))
+    await a.connection_add(8, "c99")
+    assert await b.stats() == {"users": 2, "connections": 11}
+    await a.connection_remove(7, "c0")
+    await a.connection_remove(7, "c0")  # twice: counted once
+    assert await b.stats() == {"users": 2, "connections": 10}
+    await a.close()  # a's remaining entries go with it
+    assert await b.stats() == {"users": 1, "connections": 5}
+
+
+async def test_presence_is_per_user_across_nodes(make: Any) -> None:
+    a, b = await make(), await make()
+    ann, bob = {"user_id": 1, "username": "ann"}, {"user_id": 2, "username": "bob"}
+    assert await a.presence_add("room:p", "c1", ann) is True
+    assert await b.presence_add("room:p", "c1", ann) is False  # same local id on another node: another connection
+    assert await b.presence_add("room:p", "c2", bob) is True
+    assert await a.presence("room:p") == [ann, bob]
+    assert await a.presence_remove("room:p", "c1", 1) is False  # ann is still there through b
+    assert await b.presence_remove("room:p", "c1", 1) is True
+    assert await a.presence_remove("room:p", "c1", 1) is False  # already gone
+    assert await b.presence("room:p") == [bob]
+    await b.close()
+    assert await a.presence("room:p") == []
+
+
+async def test_an_unreachable_redis_raises_broker_unavailable(make: Any) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    broker = await make(url=url, reconnect_delay=0.05, reconnect_max_delay=0.2)
+    assert broker.healthy is False
+    info = broker.info()
+    assert info["kind"] == "redis" and info["healthy"] is False and info["last_error"]
+    with pytest.raises(BrokerUnavailable):
+        await broker.publish("room:x", body("room:x", 1))
+    with pytest.raises(BrokerUnavailable):
+        await broker.recover("room:x", 0, "e")
+    with pytest.raises(BrokerUnavailable):
+        await broker.stats()
+    await broker.subscribe("room:x")  # remembered, subscribed when Redis comes
+    assert await broker.connection_add(1, "c1") == 1  # counted on this node meanwhile
+    assert await broker.connection_add(1, "c2") == 2
+    await broker.connection_remove(1, "c1")
+    async with Publisher(url) as publisher:
+        with pytest.raises(BrokerUnavailable):
+            await publisher.publish("room:x", 1)
+    with SyncPublisher(url) as sync, pytest.raises(BrokerUnavailable):
+        sync.publish_event(["room:x"], {"type": "t"})
+
+
+async def test_publishers_validate_their_input(prefix: str) -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        Publisher("memory://")
+    with pytest.raises(ValueError, match="redis://"):
+        SyncPublisher("memory://")
+    async with Publisher(URL, prefix=prefix) as publisher:
+        with pytest.raises(ValueError, match="Invalid channel"):
+            await publisher.publish("bad channel!", 1)
+
+
+async def test_publisher_events_match_the_nodes_format(make: Any, prefix: str) -> None:
+    got = Collector()
+    broker = await make(got)
+    for channel in ("user:1", "job:5", "job_updates"):
+        await broker.subscribe(channel)
+    with SyncPublisher(URL, prefix=prefix) as sync:
+        results = sync.publish_event(["user:1", "job:5", "job_updates"], {"type": "job_update", "job_id": 5})
+    assert [(r["channel"], r["offset"]) for r in results] == [("user:1", 1), ("job:5", 1), ("job_updates", 1)]
+    pubs = await got.wait_for(3)
+    events = [orjson.loads(p.frame.payload) for p in pubs]
+    assert [e["channel"] for e in events] == ["user:1", "job:5", "job_updates"]
+    assert len({e["timestamp"] for e in events}) == 1
+    assert all(e["type"] == "job_update" and e["offset"] == 1 and e["epoch"] for e in events)
