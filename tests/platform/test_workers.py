@@ -160,3 +160,14 @@ async def test_cancelled_pending_job_is_skipped_by_the_worker(
         assert f"job {queued['job_id']} is not pending" in worker.log()
     finally:
         await ws.close()
+
+
+async def test_unreachable_celery_broker_fails_the_job_at_once(server_factory: Any, redis_env: dict[str, str]) -> None:
+    env = {**redis_env, "TIDINGS_CELERY_BROKER_URL": "redis://127.0.0.1:9/0"}
+    server: LiveServer = platform_server(server_factory, env)
+    async with httpx.AsyncClient(base_url=server.url, headers=headers(server, "ann")) as http:
+        resp = await http.post("/api/jobs", json={"spider_name": "listings", "target_urls": [site_url(server)]})
+        assert resp.status_code == 503
+        assert resp.json()["detail"].startswith("could not queue the job")
+        jobs = (await http.get("/api/jobs")).json()["jobs"]
+    assert [(j["status"], j["error"][:25]) for j in jobs] == [("failed", "could not queue the job: ")]

@@ -27,7 +27,12 @@ from tidings.db.database import DuplicateUser
 if TYPE_CHECKING:
     from tidings.crawler.service import Platform
 
-__all__ = ["build_platform_router"]
+
+class DispatchError(Exception):
+    """A job could not be handed to a worker (Celery's broker unreachable); the job is marked failed."""
+
+
+__all__ = ["DispatchError", "build_platform_router"]
 
 
 # ---- bodies and responses -------------------------------------------------------------------------------
@@ -194,7 +199,10 @@ def build_platform_router(platform: "Platform") -> APIRouter:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
         urls = list(dict.fromkeys(str(url) for url in body.target_urls))
         job = await store.create_job(db, user.id, body.spider_name, urls)
-        await platform.dispatch(job.id)
+        try:
+            await platform.dispatch(job.id)
+        except DispatchError as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
         return _job_out(job)
 
     @router.get("/api/jobs", tags=["jobs"], response_model=JobList)

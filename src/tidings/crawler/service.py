@@ -24,14 +24,14 @@ from fastapi import FastAPI
 from tidings.channels import ChannelPolicy
 from tidings.connection import UserInfo
 from tidings.crawler import store
-from tidings.crawler.api import build_platform_router
+from tidings.crawler.api import DispatchError, build_platform_router
 from tidings.crawler.config import PlatformSettings
 from tidings.crawler.jobs import JobRunner, Reaper, worker_name
 from tidings.crawler.models import CrawlJob, JobStatus
 from tidings.crawler.notify import CANCELLED_ERROR, JobNotifier
 from tidings.service import Tidings
 
-__all__ = ["Platform", "install_platform"]
+__all__ = ["DispatchError", "Platform", "install_platform"]
 
 logger = logging.getLogger("tidings.crawler")
 
@@ -94,10 +94,22 @@ class Platform:
         if self._celery is not None:
             from tidings.crawler.celery_app import send_job
 
-            await asyncio.to_thread(send_job, self._celery, job_id, self.config.job_queue)
+            try:
+                await asyncio.to_thread(send_job, self._celery, job_id, self.config.job_queue)
+            except Exception as exc:
+                error = f"could not queue the job: {type(exc).__name__}: {exc}"
+                logger.error("job %s: %s", job_id, error)
+                await self._fail_pending(job_id, error)
+                raise DispatchError(error) from exc
             return
         task = asyncio.get_running_loop().create_task(self._run_here(job_id), name=f"crawl-job-{job_id}")
         self._tasks[job_id] = task
+
+    async def _fail_pending(self, job_id: int, error: str) -> None:
+        job = await store.fail_pending(self.db, job_id, error)
+        if job is not None:
+            with contextlib.suppress(Exception):
+                await JobNotifier(self.node, job.id, job.owner_id).failed(error, 0)
 
     async def _run_here(self, job_id: int) -> None:
         try:

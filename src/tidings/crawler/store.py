@@ -34,6 +34,7 @@ __all__ = [
     "count_active_jobs",
     "count_properties",
     "create_job",
+    "fail_pending",
     "finish_job",
     "get_job",
     "get_property",
@@ -122,6 +123,17 @@ async def request_cancel(db: Database, job_id: int) -> tuple[CrawlJob | None, bo
                 .values(cancel_requested=True)
             )
     return await get_job(db, job_id), cancelled_now
+
+
+async def fail_pending(db: Database, job_id: int, error: str) -> CrawlJob | None:
+    """``pending -> failed`` (the job could not be queued); the job, or None if it was not pending."""
+    async with db.session() as session:
+        done = await session.execute(
+            update(CrawlJob)
+            .where(CrawlJob.id == job_id, CrawlJob.status == JobStatus.PENDING.value)
+            .values(status=JobStatus.FAILED.value, error=error, finished_at=utcnow())
+        )
+    return await get_job(db, job_id) if _rowcount(done) == 1 else None
 
 
 @dataclass(frozen=True, slots=True)
