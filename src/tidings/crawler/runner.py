@@ -26,9 +26,7 @@ Outcomes (``CrawlResult.reason``):
   http://127.0.0.1:9/ : Connection refused"``), the crawl timed out, the spider is unknown, or the
   child crashed (``error`` then ends with the last lines of its log).
 
-The child starts with the top-level ``tidings`` package *deferred*: it needs only
-``tidings.crawler``, while ``tidings/__init__`` imports the whole server (seconds of start-up). The
-package's ``__init__`` still runs the first time anything reads an attribute of ``tidings`` itself.
+The child imports only ``tidings.crawler`` (the top-level package imports the server lazily).
 """
 
 from __future__ import annotations
@@ -62,22 +60,6 @@ CrawlReason = Literal["finished", "cancelled", "failed"]
 _SRC_DIR = Path(__file__).resolve().parents[2]
 _STDERR_TAIL_LINES = 30
 _LINE_LIMIT = 1 << 22
-
-# Runs the child module with the top-level package's __init__ deferred (PEP 562 __getattr__).
-_CHILD_BOOTSTRAP = """\
-import importlib.util, runpy, sys
-spec = importlib.util.find_spec("tidings")
-if spec is not None and spec.loader is not None and "tidings" not in sys.modules:
-    module = importlib.util.module_from_spec(spec)
-    def _load(name, _module=module, _spec=spec):
-        del _module.__getattr__
-        _spec.loader.exec_module(_module)
-        return getattr(_module, name)
-    module.__getattr__ = _load
-    sys.modules["tidings"] = module
-sys.argv[0] = "tidings.crawler.crawl_process"
-runpy.run_module("tidings.crawler.crawl_process", run_name="__main__", alter_sys=True)
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +141,7 @@ def child_command(
         kwargs_json = json.dumps(dict(spider_kwargs or {}))
     except TypeError as exc:
         raise TypeError(f"crawl settings and spider_kwargs must be JSON-serialisable: {exc}") from None
-    command = [sys.executable, "-c", _CHILD_BOOTSTRAP, "--spider", spider_name]
+    command = [sys.executable, "-m", "tidings.crawler.crawl_process", "--spider", spider_name]
     for url in urls:
         command += ["--url", url]
     command += ["--settings-json", settings_json, "--spider-kwargs-json", kwargs_json, "--stop-on-stdin-eof"]
