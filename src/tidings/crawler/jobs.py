@@ -16,8 +16,7 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from tidings.crawler import store
 from tidings.crawler.config import PlatformSettings
@@ -105,7 +104,8 @@ class _Run:
         logger.info("job %s: %s on %s (%s)", claim.job_id, claim.spider_name, claim.target_urls, self.runner.worker)
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
-            await self.notifier.started(claim.spider_name, claim.target_urls)
+            with _logged("job_started"):
+                await self.notifier.started(claim.spider_name, claim.target_urls)
             result = await arun_crawl(
                 claim.spider_name,
                 claim.target_urls,
@@ -143,10 +143,12 @@ class _Run:
         if saved.created:
             self.new_by_location[location_group(saved.location)] += 1
         elif saved.price_changed:
-            await self.notifier.price_change(saved.property_id, saved.url, saved.old_price, saved.new_price)
+            with _logged("price_change"):
+                await self.notifier.price_change(saved.property_id, saved.url, saved.old_price, saved.new_price)
         if self.stored % self.runner.progress_every == 0:
             await store.record_progress(self.db, self.claim.job_id, self.claim.execution_id, self.stored)
-            await self.notifier.progress(self.stored)
+            with _logged("job_progress"):
+                await self.notifier.progress(self.stored)
 
     async def _heartbeat(self) -> None:
         """Renew the lease; turn a cancel request (from any process) into a stop; notice a lost lease."""
@@ -173,16 +175,18 @@ class _Run:
         finished = await store.finish_job(self.db, claim.job_id, claim.execution_id, status, self.stored, error)
         if not finished:
             return None
-        if status is JobStatus.COMPLETED:
-            await self.notifier.completed(self.stored)
-        else:
-            await self.notifier.failed(error or "failed", self.stored, status=status.value)
+        with _logged(f"the end of job {claim.job_id}"):
+            if status is JobStatus.COMPLETED:
+                await self.notifier.completed(self.stored)
+            else:
+                await self.notifier.failed(error or "failed", self.stored, status=status.value)
         logger.info("job %s %s: %d items stored%s", claim.job_id, status, self.stored, f" ({error})" if error else "")
         return status
 
 
 @contextlib.contextmanager
-def _logged(what: str) -> Any:
+def _logged(what: str) -> Iterator[None]:
+    """Events are told, data is kept: a broker outage is logged but neither fails a crawl nor loses its items."""
     try:
         yield
     except Exception:
