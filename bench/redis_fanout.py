@@ -40,6 +40,7 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 import websockets
+from websockets.typing import Subprotocol
 
 from tidings.auth import create_access_token
 from tidings.db import Database
@@ -146,7 +147,9 @@ async def connect_all(nodes: list[Node], per_node: int, token: str, subs: Subscr
     for node in nodes:
         for _ in range(per_node):
             ws = await websockets.connect(
-                f"ws://127.0.0.1:{node.port}/ws/authenticated", subprotocols=["bearer", token], max_size=None
+                f"ws://127.0.0.1:{node.port}/ws/authenticated",
+                subprotocols=[Subprotocol("bearer"), Subprotocol(token)],
+                max_size=None,
             )
             await ws.recv()
             await ws.send(orjson.dumps({"type": "subscribe", "subscription": CHANNEL}).decode())

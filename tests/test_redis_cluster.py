@@ -220,6 +220,28 @@ async def test_a_killed_nodes_users_leave_presence_after_the_ttl(cluster: Cluste
         assert stats["connections"] >= 1
 
 
+async def test_a_stopped_node_removes_its_entries_at_once(cluster: Cluster) -> None:
+    node_c = start_node(cluster.factory, cluster.env)
+    async with connected(cluster.a, "ann") as on_a, connected(node_c, "bob") as on_c:
+        await subscribe(on_a, "room:stop")
+        await subscribe(on_c, "room:stop")
+        await recv_presence_event(on_a, "join", "bob")
+        await eventually(lambda: _equals(_presence_names(cluster.a, "room:stop"), ["ann", "bob"]))
+        node_c.stop(signal.SIGTERM)  # returns once the process has exited
+        assert await expect_close(on_c) == (1001, "Server shutting down")
+        assert await _presence_names(cluster.a, "room:stop") == ["ann"]
+        leave = await recv_presence_event(on_a, "leave", "bob")
+        assert leave["channel"] == "room:stop"
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{cluster.a.url}/api/stats")).json() == {"users": 1, "connections": 1}
+
+
+async def _presence_names(node: LiveServer, channel: str) -> list[str]:
+    async with httpx.AsyncClient(base_url=node.url, headers=node.admin_headers()) as http:
+        resp = await http.get(f"/api/presence/{channel}")
+    return sorted(u["username"] for u in resp.json()["users"])
+
+
 async def _equals(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
 

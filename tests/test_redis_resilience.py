@@ -128,8 +128,10 @@ async def test_recovery_under_concurrent_publishing_has_no_gap_and_no_duplicate(
             return bool(recovered), [m["offset"] for m in got]
 
         readers = [late_reader(node, at) for node, at in zip((node_a, node_b, node_a, node_b), starts, strict=True)]
-        results = await asyncio.gather(publish_rest(), *readers)
-    for recovered, offsets in results[1:]:
+        publishing = asyncio.create_task(publish_rest())
+        results = await asyncio.gather(*readers)
+        await publishing
+    for recovered, offsets in results:
         assert recovered is True
         assert offsets == list(range(1, total + 1))
 

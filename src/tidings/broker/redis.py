@@ -169,6 +169,8 @@ class RedisBroker:
                     await task
         self._beater = self._reader = None
         try:
+            if not self._connected:
+                raise RedisConnectionError("not connected")
             async with self.client.pipeline(transaction=False) as pipe:
                 for channel, entries in self._local_presence.items():
                     if entries:
