@@ -46,9 +46,9 @@ def find_chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium per module (closed before other modules' asyncio tests run in this thread)."""
     executable = find_chromium()
     if executable is None:
         pytest.skip("Chromium not found (/usr/bin/chromium): run `make browser-deps` (apt-get install chromium)")
