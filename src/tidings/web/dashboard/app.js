@@ -237,6 +237,7 @@ client.onMessage('job_update', async (m) => {
       renderJob(jobs.get(m.job_id));
     }).catch(() => {});
   }
+  const before = job.status;
   if (typeof m.items_scraped === 'number') job.items_scraped = Math.max(job.items_scraped ?? 0, m.items_scraped);
   if (m.total_items != null) job.total_items = m.total_items;
   if (m.status) job.status = m.status;
@@ -245,8 +246,12 @@ client.onMessage('job_update', async (m) => {
   else if (m.event === 'job_started' || m.event === 'job_progress') job.status = 'running';
   if (m.error !== undefined) job.error = m.error;
   renderJob(job);
-  if (m.event === 'job_completed') toast('job', `Job #${m.job_id} completed`, `${job.items_scraped} items scraped`);
-  if (m.event === 'job_failed' && job.status !== 'cancelled') toast('job', `Job #${m.job_id} failed`, m.error ?? 'failed');
+  // Administrators get their own jobs' events twice (user:<id> and job_updates): toast on the change only.
+  if (before !== job.status && job.status === 'completed') {
+    toast('job', `Job #${m.job_id} completed`, `${job.items_scraped} items scraped`);
+  } else if (before !== job.status && job.status === 'failed') {
+    toast('job', `Job #${m.job_id} failed`, m.error ?? 'failed');
+  }
 });
 
 async function cancelJob(jobId) {

@@ -3,6 +3,12 @@ const TOKEN_KEY = 'tidings.token';
 const form = document.getElementById('login-form');
 const error = document.getElementById('login-error');
 
+const reason = new URLSearchParams(location.search).get('reason');
+if (reason) {
+  error.textContent = `Please sign in again (${reason}).`;
+  error.hidden = false;
+}
+
 function nextUrl() {
   const next = new URLSearchParams(location.search).get('next') || '/dashboard';
   // Only same-site paths: never redirect to another origin.
