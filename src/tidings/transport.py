@@ -36,11 +36,12 @@ class Transport(Protocol):
 class ASGITransport:
     """The portable transport: ``websocket.send`` events through the ASGI server."""
 
-    __slots__ = ("_closed", "_send")
+    __slots__ = ("_closed", "_on_abort", "_send")
 
-    def __init__(self, send: ASGISend) -> None:
+    def __init__(self, send: ASGISend, on_abort: Callable[[], None] | None = None) -> None:
         self._send = send
         self._closed = False
+        self._on_abort = on_abort
 
     def try_write(self, frame: Frame) -> bool:
         """ASGI sends are awaitables: always queue."""
@@ -58,4 +59,7 @@ class ASGITransport:
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
     def abort(self) -> None:
-        """ASGI has no abort; the writer task is cancelled and the close is sent instead."""
+        """ASGI has no abort: ``on_abort`` stops serving the connection, so the hub forgets it at once and the
+        server closes the socket once what it buffered is flushed (or the peer goes away)."""
+        if self._on_abort is not None:
+            self._on_abort()

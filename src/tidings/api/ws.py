@@ -6,6 +6,7 @@ code 1008 and a reason, because browsers cannot read the status of a refused han
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -84,7 +85,16 @@ class WebSocketEndpoint:
             accept["subprotocol"] = subprotocol
         await send(accept)
         factory = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
-        transport: Transport = factory() if factory is not None else ASGITransport(send)
+        serving = asyncio.current_task()
+        aborted = False
+
+        def abort() -> None:  # a stalled client (see ASGITransport.abort): stop waiting for it, forget it
+            nonlocal aborted
+            if serving is not None and not aborted:
+                aborted = True
+                serving.cancel()
+
+        transport: Transport = factory() if factory is not None else ASGITransport(send, on_abort=abort)
         try:
             if not origin_allowed(headers.get("origin"), headers, node.settings.allowed_origins, scope["scheme"]):
                 raise node.reject("Origin not allowed")
@@ -99,7 +109,12 @@ class WebSocketEndpoint:
             return
         try:
             await self._serve(conn, receive)
+        except asyncio.CancelledError:
+            if not aborted or serving is None:
+                raise
+            serving.uncancel()
         finally:
+            aborted = True  # from here on an abort must not interrupt the cleanup
             await node.disconnect(conn)
 
     async def _serve(self, conn: Any, receive: Receive) -> None:
