@@ -1,0 +1,135 @@
+"""How each benchmarked server is started, and how the load client talks to it.
+
+An adapter is a function `(port, workdir) -> ServerSpec`. The spec says how to start the server (argv and
+environment; the driver adds `taskset`), and `client_config()` is called once the server accepts connections:
+it may do set-up against the running server (users, tokens) and returns the load client's connection and
+trigger settings (see bench/loadclient.mjs).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+JSONDict = dict[str, Any]
+
+
+@dataclass
+class ServerSpec:
+    argv: list[str]
+    client_config: Callable[[], JSONDict]
+    env: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+def naive(port: int, workdir: Path) -> ServerSpec:
+    """FastAPI + the list-and-gather manager, on uvicorn with its defaults (uvloop, httptools, websockets)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.naive_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ws-per-message-deflate",
+        "false",
+        "--log-level",
+        "warning",
+    ]
+
+    def client_config() -> JSONDict:
+        return {
+            "url": f"ws://127.0.0.1:{port}/ws",
+            "trigger": {"mode": "control", "url": f"ws://127.0.0.1:{port}/control"},
+        }
+
+    return ServerSpec(
+        argv, client_config, note="uvicorn defaults: uvloop, httptools, ws=auto (websockets-sansio)"
+    )
+
+
+def websockets_broadcast(port: int, workdir: Path) -> ServerSpec:
+    """The `websockets` library's asyncio server and its `broadcast()`, on uvloop."""
+    argv = [sys.executable, "-m", "bench.ws_broadcast_server", "--host", "127.0.0.1", "--port", str(port)]
+
+    def client_config() -> JSONDict:
+        return {
+            "url": f"ws://127.0.0.1:{port}/",
+            "trigger": {"mode": "control", "url": f"ws://127.0.0.1:{port}/control"},
+        }
+
+    return ServerSpec(argv, client_config, note="websockets.asyncio.server.serve + broadcast(), uvloop")
+
+
+TIDINGS_CHANNEL = "room:bench"
+TIDINGS_HTTP_CONCURRENCY = 4
+
+
+def tidings(port: int, workdir: Path) -> ServerSpec:
+    """The project's server: `tidings serve`, token-authenticated subscribers, publishing over REST.
+
+    The contract it follows is in bench/README.md.
+    """
+    exe = str(VENV_BIN / "tidings")
+    env = {
+        "TIDINGS_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/bench.db",
+        "TIDINGS_SECRET_KEY": secrets.token_urlsafe(32),
+        "TIDINGS_MAX_CONNECTIONS_PER_USER": "100000",
+        "TIDINGS_LOG_LEVEL": "warning",  # as the baselines: no access log line per publish
+    }
+    argv = [exe, "serve", "--host", "127.0.0.1", "--port", str(port)]
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [exe, *args], env={**os.environ, **env}, cwd=workdir, capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"tidings {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+        return done.stdout
+
+    def client_config() -> JSONDict:
+        cli("users", "create", "benchuser", "--password", "pw", "--role", "admin")
+        lines = [ln.strip() for ln in cli("token", "benchuser").splitlines() if ln.strip()]
+        if not lines:
+            raise RuntimeError("tidings token printed nothing")
+        auth = {"Authorization": f"Bearer {lines[-1]}"}
+        return {
+            "url": f"ws://127.0.0.1:{port}/ws/authenticated",
+            "headers": auth,
+            "welcome": "connection_established",
+            "subscribe": {"type": "subscribe", "subscription": TIDINGS_CHANNEL},
+            "confirm": "subscription_confirmed",
+            "trigger": {
+                "mode": "http",
+                "url": f"http://127.0.0.1:{port}/api/publish",
+                "headers": auth,
+                "channel": TIDINGS_CHANNEL,
+                "concurrency": TIDINGS_HTTP_CONCURRENCY,
+                "envelope": {"type": "publication", "channel": TIDINGS_CHANNEL},
+            },
+        }
+
+    return ServerSpec(
+        argv,
+        client_config,
+        env=env,
+        note=f"POST /api/publish per message ({TIDINGS_HTTP_CONCURRENCY} in flight), sqlite",
+    )
+
+
+ADAPTERS: dict[str, Callable[[int, Path], ServerSpec]] = {
+    "tidings": tidings,
+    "naive": naive,
+    "websockets": websockets_broadcast,
+}
