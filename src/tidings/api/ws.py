@@ -39,7 +39,10 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 def extract_token(scope: Scope, headers: dict[str, str]) -> tuple[str | None, str | None]:
     """The bearer token and the subprotocol to select: subprotocol pair, Authorization header, or query."""
-    protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    # ASGI servers list the offered subprotocols in the scope; some (uvicorn's wsproto) drop the header itself
+    protocols = [str(p).strip() for p in scope.get("subprotocols") or () if str(p).strip()] or [
+        p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()
+    ]
     if len(protocols) >= 2 and protocols[0].lower() == "bearer":
         return protocols[1], protocols[0]
     auth = headers.get("authorization", "")
