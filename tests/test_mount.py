@@ -144,7 +144,7 @@ async def test_a_stalled_client_is_forgotten_on_the_asgi_transport(mounted: Moun
         count, size = 400, 32_000  # ~13 MB: more than the stalled socket's kernel buffers hold
         async with httpx.AsyncClient(base_url=mounted.url, timeout=60) as http:
             blasting = asyncio.create_task(http.post("/blast", params={"count": count, "size": size}))
-            seen = []
+            seen: list[int] = []
             while len(seen) < count:
                 msg = json.loads(await asyncio.wait_for(reader.recv(), 30))
                 if msg["type"] == "publication":
