@@ -200,17 +200,19 @@ async def finish_job(
     """``running -> status``; False when the job was not running any more (the reaper got there first)."""
     now = utcnow()
     async with db.session() as session:
-        await session.execute(
-            update(JobExecution)
-            .where(JobExecution.id == execution_id)
-            .values(items_scraped=items, finished_at=now, error=error)
-        )
         done = await session.execute(
             update(CrawlJob)
             .where(CrawlJob.id == job_id, CrawlJob.status == JobStatus.RUNNING.value)
             .values(status=status.value, items_scraped=items, error=error, finished_at=now, lease_expires_at=None)
         )
-        return _rowcount(done) == 1
+        if _rowcount(done) != 1:
+            return False
+        await session.execute(
+            update(JobExecution)
+            .where(JobExecution.id == execution_id)
+            .values(items_scraped=items, finished_at=now, error=error)
+        )
+        return True
 
 
 @dataclass(frozen=True, slots=True)
