@@ -62,7 +62,7 @@ def redis_env() -> Iterator[dict[str, str]]:
 
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        keys = [*client.scan_iter(f"{tag}*"), *client.scan_iter(f"_kombu.binding.{tag}*")]
+        keys = [*client.scan_iter(f"{tag}*"), *client.scan_iter(f"_kombu.binding*.{tag}*")]
         if keys:
             client.delete(*keys)
     finally:
