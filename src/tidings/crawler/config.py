@@ -36,6 +36,7 @@ class PlatformSettings(BaseSettings):
     crawl_settings: dict[str, Any] = Field(
         default_factory=dict, description='Scrapy settings for every crawl, as JSON (e.g. {"DOWNLOAD_DELAY": 0}).'
     )
+    job_timeout: float = Field(3600.0, ge=0, description="Seconds a crawl may run before it is failed; 0: no limit.")
     max_target_urls: int = Field(20, ge=1, description="Most target URLs one job may have.")
     sample_site_price_version_file: str = Field(
         "", description="File holding the sample site's price version; default data_dir/sample-site-price-version."

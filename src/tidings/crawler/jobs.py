@@ -113,6 +113,7 @@ class _Run:
                 stop_event=self.stop,
                 settings=self.runner.platform.crawl_settings,
                 progress_every=self.runner.progress_every,
+                timeout=self.runner.platform.job_timeout or None,
             )
         except asyncio.CancelledError:
             await asyncio.shield(self._finish(JobStatus.FAILED, SHUTDOWN_ERROR))
