@@ -396,3 +396,27 @@ def test_cli_listen_stops_on_a_bad_token(server: LiveServer) -> None:
     done = subprocess.run(argv, capture_output=True, check=False, timeout=WAIT * 2, **kw)
     assert done.returncode == 2
     assert '"code": 1008' in done.stderr and "Invalid token" in done.stderr
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(_redis_available() is not None, reason=str(_redis_available()))
+async def test_cli_publish_through_the_redis_broker(server_factory: Any) -> None:
+    env = {"TIDINGS_BROKER_URL": "redis://127.0.0.1:6379", "TIDINGS_BROKER_PREFIX": f"t{secrets.token_hex(6)}"}
+    server: LiveServer = server_factory(env=env)
+    server.create_user("ann")
+    client = fast_client(server, server.token("ann"))
+    stream = client.messages()
+    async with client:
+        await client.subscribe("property_updates")
+        argv, kw = _cli(server, "publish", "property_updates", '{"via": "redis"}', "--broker")
+        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, check=False, **kw)
+        assert done.returncode == 0, done.stderr
+        reply = json.loads(done.stdout)
+        message = await next_matching(stream, lambda m: m.get("channel") == "property_updates")
+    assert message["data"] == {"via": "redis"} and (message["offset"], message["epoch"]) == (
+        reply["offset"],
+        reply["epoch"],
+    )
+    argv, kw = _cli(server, "publish", "nope!", "{}", "--broker")
+    done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, check=False, **kw)
+    assert done.returncode == 1 and "invalid channel" in done.stderr

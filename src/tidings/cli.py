@@ -104,6 +104,8 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         print(f"error: DATA is not JSON: {exc}", file=sys.stderr)
         return 1
+    if args.broker:
+        return _publish_to_broker(args.channel, data, settings)
     token = args.token or _local_token(settings, args.user or settings.admin_username)
     if not token:
         print("error: no active administrator to sign a token for (use --user or --token)", file=sys.stderr)
@@ -134,6 +136,27 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     run_worker(
         settings, platform, queue=args.queue, pool=args.pool, concurrency=args.concurrency, loglevel=settings.log_level
     )
+    return 0
+
+
+def _publish_to_broker(channel: str, data: object, settings: Settings) -> int:
+    """Publish straight into the Redis broker (``TIDINGS_BROKER_URL``), as Celery workers do."""
+    import json
+
+    from tidings.broker import BrokerUnavailable
+    from tidings.channels import ChannelRules
+    from tidings.publisher import SyncPublisher
+
+    if ChannelRules().policy(channel) is None:
+        print(f"error: invalid channel {channel!r}", file=sys.stderr)
+        return 1
+    try:
+        with SyncPublisher.from_settings(settings) as publisher:
+            reply = publisher.publish(channel, data)
+    except (ValueError, BrokerUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply))
     return 0
 
 
@@ -180,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--user", help="administrator to sign a token for locally (default TIDINGS_ADMIN_USERNAME)")
     who.add_argument("--token", help="an administrator's access token")
+    who.add_argument(
+        "--broker", action="store_true", help="publish directly into the Redis broker (TIDINGS_BROKER_URL), no server"
+    )
     p.set_defaults(func=_publish)
     return parser
 
