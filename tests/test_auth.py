@@ -272,7 +272,7 @@ async def test_deactivation_takes_effect_on_the_next_connection(srv: LiveServer)
 
 
 async def test_connection_closed_when_its_token_expires(srv: LiveServer) -> None:
-    ws = await ws_connect(srv.ws_url(), srv.token("ann", ttl=2))
+    ws = await ws_connect(srv.ws_url(), srv.token("ann", ttl=3))
     try:
         assert (await recv_json(ws))["type"] == "connection_established"
         assert await expect_close(ws, timeout=15) == (4003, "Token expired")
