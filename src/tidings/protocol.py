@@ -7,7 +7,9 @@ dicts in, JSON bytes out. ``docs/protocol.md`` is the reference for every messag
 from __future__ import annotations
 
 import re
+import threading
 import time
+import zlib
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -21,10 +23,12 @@ __all__ = [
     "ErrorCode",
     "Frame",
     "ProtocolError",
+    "deflate_message",
     "encode",
     "error_message",
     "parse_client_message",
     "with_position",
+    "ws_text_frame",
 ]
 
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9_\-:.@]{1,128}$")
@@ -165,12 +169,13 @@ class Frame:
     publication to many sockets is encoded and framed once.
     """
 
-    __slots__ = ("_text", "_wire", "payload")
+    __slots__ = ("_text", "_wire", "_wire_deflate", "payload")
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
         self._text: str | None = None
         self._wire: bytes | None = None
+        self._wire_deflate: bytes | None = None
 
     @classmethod
     def of(cls, obj: dict[str, Any]) -> Frame:
@@ -191,6 +196,18 @@ class Frame:
             self._wire = ws_text_frame(self.payload)
         return self._wire
 
+    @property
+    def wire_deflate(self) -> bytes:
+        """The frame for a permessage-deflate connection (negotiated with ``server_no_context_takeover``).
+
+        Compressed once (RSV1 set) and shared by every compressing recipient; ``wire`` itself when compressing
+        does not pay (short payloads), which RFC 7692 allows message by message.
+        """
+        if self._wire_deflate is None:
+            compressed = deflate_message(self.payload)
+            self._wire_deflate = self.wire if compressed is None else ws_text_frame(compressed, compressed=True)
+        return self._wire_deflate
+
 
 def with_position(body: bytes, offset: int, epoch: str) -> bytes:
     """Append ``offset`` and ``epoch`` to an encoded JSON object without decoding it again."""
@@ -199,13 +216,42 @@ def with_position(body: bytes, offset: int, epoch: str) -> bytes:
     return b'%s%s"offset":%d,"epoch":"%s"}' % (head, sep, offset, epoch.encode())
 
 
-def ws_text_frame(payload: bytes) -> bytes:
-    """Frame ``payload`` as a final, unmasked WebSocket text frame (RFC 6455 section 5.2)."""
+def ws_text_frame(payload: bytes, *, compressed: bool = False) -> bytes:
+    """Frame ``payload`` as a final, unmasked WebSocket text frame (RFC 6455 section 5.2).
+
+    ``compressed`` sets RSV1: the payload is a permessage-deflate message (RFC 7692).
+    """
+    first = 0xC1 if compressed else 0x81
     length = len(payload)
     if length < 126:
-        header = bytes((0x81, length))
+        header = bytes((first, length))
     elif length < 65536:
-        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+        header = bytes((first, 126)) + length.to_bytes(2, "big")
     else:
-        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+        header = bytes((first, 127)) + length.to_bytes(8, "big")
     return header + payload
+
+
+#: Payloads shorter than this are sent uncompressed even on permessage-deflate connections.
+DEFLATE_MIN_BYTES = 96
+#: LZ77 window of the shared compressor; connections that negotiated a smaller ``server_max_window_bits`` get
+#: uncompressed frames.
+DEFLATE_WINDOW_BITS = 15
+
+_deflate_lock = threading.Lock()
+_deflater = zlib.compressobj(6, zlib.DEFLATED, -DEFLATE_WINDOW_BITS, 8)
+
+
+def deflate_message(payload: bytes) -> bytes | None:
+    """Compress one message for permessage-deflate without context takeover; None if that would not shrink it.
+
+    One process-wide compressor is reused: a full flush after each message resets its dictionary, so every
+    message decompresses on its own (what ``server_no_context_takeover`` promises the client).
+    """
+    if len(payload) < DEFLATE_MIN_BYTES:
+        return None
+    with _deflate_lock:
+        data = _deflater.compress(payload) + _deflater.flush(zlib.Z_FULL_FLUSH)
+    if data.endswith(b"\x00\x00\xff\xff"):
+        data = data[:-4]
+    return data if len(data) < len(payload) else None

@@ -1,0 +1,160 @@
+"""Autobahn conformance (cases run by ``kosoku``) of :class:`tidings.fastws.TidingsWebSocketProtocol`.
+
+A test-only echo ASGI app is served by uvicorn with ``ws=TidingsWebSocketProtocol`` in a subprocess
+(``python -m tests.test_autobahn PORT [deflate]``), and kosoku's fuzzing client drives it, one case at a time
+(``-p 1``: the machine has two cores). Sections 1-7 and 9 run without compression; 12 and 13 with
+permessage-deflate. Section 9 (messages up to 16 MiB) is marked ``slow``; ``pytest -m "not slow"`` skips it.
+Every case must end OK, NON-STRICT or INFORMATIONAL; the non-OK ones are listed in docs/transport.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Largest Autobahn message (section 9 sends 16 MiB) with room to spare.
+ECHO_MAX_SIZE = 32 * 2**20
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Echo every message back, text as text and bytes as bytes."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "websocket":
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
+
+
+def serve_echo(port: int, deflate: bool) -> None:
+    """Run the echo app under uvicorn with Tidings' WebSocket protocol until SIGTERM."""
+    import uvicorn
+
+    from tidings.fastws import TidingsWebSocketProtocol
+
+    uvicorn.run(
+        echo_app,
+        host="127.0.0.1",
+        port=port,
+        ws=TidingsWebSocketProtocol,
+        ws_max_size=ECHO_MAX_SIZE,
+        ws_per_message_deflate=deflate,
+        log_level="warning",
+        lifespan="on",
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def echo_server(deflate: bool) -> Iterator[str]:
+    """An echo server subprocess; yields its ``ws://`` URL."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "tests.test_autobahn", str(port), *(["deflate"] if deflate else [])]
+    proc = subprocess.Popen(argv, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"echo server exited with {proc.returncode}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("echo server did not start")
+            time.sleep(0.05)
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def run_cases(url: str, cases: list[str], exclude: list[str] | None = None) -> list[Any]:
+    """Run kosoku's fuzzing client (one case at a time); return every case's result, failed or not."""
+    from kosoku import FailureError, run_fuzzingclient
+
+    try:
+        return list(await run_fuzzingclient(url, cases, exclude, concurrency=1))
+    except FailureError as failure:
+        return list(failure.results)
+
+
+def verdicts(results: list[Any]) -> tuple[list[str], dict[str, list[str]]]:
+    """The failed cases (with why), and the ids of the passed ones that were not plain OK, by verdict."""
+    failed = []
+    notable: dict[str, list[str]] = {}
+    for r in results:
+        behavior, close = r.behavior.value, r.behavior_close.value
+        if not r.passed:
+            failed.append(f"{r.case_id}: {behavior}/{close}: {r.result} {r.result_close}")
+        elif behavior != "OK" or close != "OK":
+            notable.setdefault(f"{behavior}/{close}", []).append(r.case_id)
+    return failed, notable
+
+
+def _check(results: list[Any], expected_at_least: int) -> None:
+    failed, notable = verdicts(results)
+    print(f"{len(results)} cases; not plain OK: {notable}")
+    assert len(results) >= expected_at_least
+    assert not failed, "\n".join(failed)
+
+
+async def test_autobahn_core_sections() -> None:
+    """Sections 1-7 (framing, pings, reserved bits, opcodes, fragmentation, UTF-8, closing)."""
+    with echo_server(deflate=False) as url:
+        results = await run_cases(url, ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*"])
+    _check(results, 200)
+
+
+@pytest.mark.slow
+async def test_autobahn_limits_and_performance() -> None:
+    """Section 9: messages and frames up to 16 MiB, chopped in chunks of many sizes."""
+    with echo_server(deflate=False) as url:
+        results = await run_cases(url, ["9.*"])
+    _check(results, 50)
+
+
+async def test_autobahn_compression() -> None:
+    """Sections 12 and 13: permessage-deflate with every parameter offer the suite makes."""
+    with echo_server(deflate=True) as url:
+        results = await run_cases(url, ["12.*", "13.*"])
+    _check(results, 100)
+
+
+if __name__ == "__main__":
+    serve_echo(int(sys.argv[1]), deflate="deflate" in sys.argv[2:])
