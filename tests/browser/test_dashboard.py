@@ -48,7 +48,15 @@ def test_login_broadcast_toast_and_charts(
     # The administrator signs in with the password printed at first start.
     admin = sign_in(new_page(), server, "admin", admin_password(server), "#admin")
     expect(admin.locator("#view-admin")).to_be_visible()
+    # First a note for administrators only: the admin's own page toasts it.
+    admin.fill("#broadcast-message", "admins only: rotate the keys")
+    admin.select_option("#broadcast-audience", "admins")
+    admin.click("#broadcast-form button[type=submit]")
+    expect(admin.locator("#broadcast-status")).to_contain_text("Sent to administrators")
+    expect(admin.locator(".toast[data-kind=admin] .toast-message")).to_have_text("admins only: rotate the keys")
+
     message = "Maintenance at 23:00 <b>not bold</b>"
+    admin.select_option("#broadcast-audience", "everyone")
     admin.fill("#broadcast-message", message)
     admin.select_option("#broadcast-category", "maintenance")
     shot(admin, "admin-broadcast")
@@ -60,6 +68,9 @@ def test_login_broadcast_toast_and_charts(
     expect(toast.locator(".toast-title")).to_have_text("Announcement · maintenance")
     expect(toast.locator(".toast-message")).to_have_text(message)  # shown as text, not HTML
     assert toast.locator("b").count() == 0
+    # Published before the broadcast on the same broker, the admins-only note would have arrived first: it did not.
+    assert ann.locator(".toast[data-kind=admin]").count() == 0
+    expect(admin.locator(".toast[data-kind=system] .toast-message")).to_have_text(message)
 
     # Live charts fed by /api/stats and /api/dashboard/rates: two users connected, a rate measured.
     expect(ann.locator("#stat-connections")).to_have_text("2")
@@ -182,7 +193,21 @@ def test_job_card_updates_live_to_completion(
     items = final.json()["items_scraped"]
     expect(card.locator(".items")).to_contain_text(f"{items} item")
     expect(ann.locator(".toast[data-kind=job]").first).to_contain_text(f"Job #{job_id} completed")
+    expect(ann.locator(".toast[data-kind=property]").first).to_contain_text("new listing")
     shot(ann, "job-completed")
+
+    # The crawl filled the catalogue: the properties page lists it and a property page opens.
+    ann.click("[data-tab=properties]")
+    rows = ann.locator("#properties tr")
+    expect(rows.first).to_be_visible()
+    assert rows.count() > 0
+    shot(ann, "properties")
+    title = rows.first.locator("a").inner_text()
+    rows.first.locator("a").click()
+    expect(ann.locator("#property-title")).to_have_text(title)
+    expect(ann.locator("#viewers li[data-user=ann]")).to_be_visible()
+    shot(ann, "property-detail")
+    ann.click("[data-tab=jobs]")
 
     # The form starts a job too.
     ann.click("#job-form button[type=submit]")
