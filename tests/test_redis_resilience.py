@@ -45,9 +45,13 @@ async def test_no_loss_when_a_node_stops_mid_stream(server_factory: Any, tmp_pat
     node_a.create_user("ann")
     total = 300
 
+    a_stopped = asyncio.Event()
+
     async def publish_on_b() -> None:
         async with httpx.AsyncClient(base_url=node_b.url, headers=node_b.admin_headers()) as http:
             for n in range(total):
+                if n == total // 2:
+                    await a_stopped.wait()  # so that node A surely stops mid-stream
                 resp = await http.post("/api/publish", json={"channel": "property_updates", "data": {"n": n}})
                 assert resp.status_code == 200, resp.text
                 await asyncio.sleep(0.005)
@@ -69,8 +73,9 @@ async def test_no_loss_when_a_node_stops_mid_stream(server_factory: Any, tmp_pat
             if msg.get("type") == "publication":
                 got.append(msg)
     assert ws.close_code == 1001
-    assert not publisher.done(), "the node stopped after the stream ended; the test needs it mid-stream"
     await stopping
+    a_stopped.set()
+    assert got[-1]["data"]["n"] < total // 2 and not publisher.done()
 
     last = got[-1]
     async with connected(node_b, "ann") as again:

@@ -356,16 +356,6 @@ class RedisBroker:
                 early.append(msg)
         await self._register()
         await self._replay()
-        self._connected = True
-        self._pong_pending = 0
-        self.down_since = None
-        # Channels wanted (or dropped) while this connection was being set up.
-        extra = [key for key in self._channels if key not in set(wanted)]
-        dropped = [key for key in wanted if key not in self._channels]
-        if extra:
-            await sub.send_command("SUBSCRIBE", *extra)
-        if dropped:
-            await sub.send_command("UNSUBSCRIBE", *dropped)
         if self._lost_at is not None:
             self.reconnects += 1
             logger.warning(
@@ -376,8 +366,18 @@ class RedisBroker:
             self._lost_at = None
         else:
             logger.info("Redis broker connected to %s (node %s)", redact_url(self.url), self.node_id)
+        self._pong_pending = 0
+        self.down_since = None
+        self._connected = True
         if self._first_attempt is not None:
             self._first_attempt.set()
+        # Channels wanted (or dropped) while this connection was being set up.
+        extra = [key for key in self._channels if key not in set(wanted)]
+        dropped = [key for key in wanted if key not in self._channels]
+        if extra:
+            await sub.send_command("SUBSCRIBE", *extra)
+        if dropped:
+            await sub.send_command("UNSUBSCRIBE", *dropped)
         for msg in early:
             self._on_message(msg[1], msg[2])
         while True:
