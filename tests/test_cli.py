@@ -15,10 +15,11 @@ import jwt
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import LiveServer, expect_close, recv_json, ws_connect
+from tests.conftest import LiveServer, _run_in_thread, expect_close, recv_json, ws_connect
 from tidings.auth import create_access_token
 from tidings.broker import MemoryBroker, create_broker
 from tidings.cli import main
+from tidings.db import Database
 from tidings.settings import Settings
 
 # ---- settings ------------------------------------------------------------------------------------------------
@@ -157,9 +158,29 @@ def test_users_create_and_token(
     assert "nobody" in err
 
 
+def test_users_passwd(clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    clean_env.setenv("TIDINGS_DATA_DIR", str(tmp_path))
+    assert run_cli(clean_env, capsys, "users", "create", "ann", "--password", "old")[0] == 0
+    code, out, err = run_cli(clean_env, capsys, "users", "passwd", "ann", "--password", "new")
+    assert (code, out) == (0, ""), err
+
+    async def check(password: str) -> bool:
+        db = Database(Settings().resolved_database_url)
+        try:
+            return await db.check_password("ann", password) is not None
+        finally:
+            await db.dispose()
+
+    assert _run_in_thread(lambda: check("new")) is True
+    assert _run_in_thread(lambda: check("old")) is False
+    code, _, err = run_cli(clean_env, capsys, "users", "passwd", "nobody", "--password", "x")
+    assert code != 0 and "nobody" in err
+
+
 @pytest.mark.parametrize(
     "args",
     [
+        ("users", "passwd", "ann"),
         ("users", "create", "x", "--password", "p", "--role", "root"),
         ("users", "create", "x"),
         ("users", "create", "--password", "p"),
@@ -216,6 +237,7 @@ async def test_first_start_creates_an_admin_and_the_key_survives_restarts(server
         assert bad.status_code == 401
     # the command works against the running server's data directory and key
     env = cli_env(data)
+    assert "tidings users passwd" in first.log()  # the banner's advice is a real command (tested above)
     created = tidings(env, "users", "create", "ann", "--password", "pw")
     assert created.returncode == 0, created.stderr
     assert re.fullmatch(r"\d+\n", created.stdout)

@@ -21,7 +21,7 @@ from tests.conftest import LiveServer, connected, expect_close, recv_json, recv_
 def srv(module_server_factory: Any) -> LiveServer:
     """The default server: same-origin only, 5 connections per user, 64 KiB messages."""
     server: LiveServer = module_server_factory()
-    for name in ("ann", "bob", "cat", "dan"):
+    for name in ("ann", "bob", "cat", "dan", "eve"):
         server.create_user(name)
     return server
 
@@ -515,6 +515,22 @@ async def test_too_many_connections(srv: LiveServer) -> None:
             break
         assert first["type"] == "connection_established"
         assert len(conns) == 5
+    finally:
+        for ws in conns:
+            await ws.close()
+
+
+async def test_connection_limit_holds_for_concurrent_connects(srv: LiveServer) -> None:
+    conns = await asyncio.gather(*(ws_connect(srv.ws_url(), srv.token("eve")) for _ in range(8)))
+    try:
+        outcomes = []
+        for ws in conns:
+            try:
+                outcomes.append((await recv_json(ws, timeout=10))["type"])
+            except websockets.ConnectionClosed:
+                assert (ws.close_code, ws.close_reason) == (1008, "Too many connections")
+                outcomes.append("refused")
+        assert sorted(outcomes) == ["connection_established"] * 5 + ["refused"] * 3
     finally:
         for ws in conns:
             await ws.close()

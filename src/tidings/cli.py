@@ -41,6 +41,24 @@ def _users_create(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run())
 
 
+def _users_passwd(args: argparse.Namespace, settings: Settings) -> int:
+    from tidings.db import Database
+
+    async def run() -> int:
+        db = Database(settings.resolved_database_url)
+        try:
+            await db.migrate()
+            changed = await db.set_password(args.name, args.password)
+        finally:
+            await db.dispose()
+        if not changed:
+            print(f"error: no user {args.name!r}", file=sys.stderr)
+            return 1
+        return 0
+
+    return asyncio.run(run())
+
+
 def _token(args: argparse.Namespace, settings: Settings) -> int:
     from tidings.auth import create_access_token
     from tidings.db import Database
@@ -182,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password", required=True)
     p.add_argument("--role", choices=("admin", "user"), default="user")
     p.set_defaults(func=_users_create)
+    p = users.add_parser("passwd", help="set an account's password")
+    p.add_argument("name")
+    p.add_argument("--password", required=True)
+    p.set_defaults(func=_users_passwd)
 
     p = sub.add_parser("token", help="print a signed access token for a user")
     p.add_argument("name")

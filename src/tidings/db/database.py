@@ -105,6 +105,15 @@ class Database:
         user = await self.get_user(username)
         return user_info(user) if user is not None and user.is_active else None
 
+    async def set_password(self, username: str, password: str) -> bool:
+        """Replace a user's password; False if there is no such user."""
+        async with self.session() as session:
+            user = (await session.execute(select(User).where(User.username == username))).scalar_one_or_none()
+            if user is None:
+                return False
+            user.password_hash = hash_password(password)
+        return True
+
     async def check_password(self, username: str, password: str) -> User | None:
         """The active user if ``password`` is right, else None."""
         user = await self.get_user(username)
