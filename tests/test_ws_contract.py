@@ -13,6 +13,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import LiveServer, connected, expect_close, recv_json, recv_until, ws_connect
+from tidings.api.ws import extract_token, origin_allowed
 
 # ---- servers and helpers -----------------------------------------------------------------------------------
 
@@ -567,3 +568,61 @@ async def test_idle_connections_are_closed_but_active_ones_stay(idle: LiveServer
         assert await closed == (4001, "Idle timeout")
         assert pongs >= 10
         assert (await request(active, {"type": "ping"}))["type"] == "pong"
+
+
+# ---- unit: token extraction and the origin rule ----------------------------------------------------------------
+
+
+def scope_of(headers: dict[str, str], query: str = "", subprotocols: list[str] | None = None) -> dict[str, Any]:
+    scope: dict[str, Any] = {
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "query_string": query.encode(),
+    }
+    if subprotocols is not None:
+        scope["subprotocols"] = subprotocols
+    return scope
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "subprotocols", "expected"),
+    [
+        ({"Sec-WebSocket-Protocol": "bearer, T1"}, "", None, ("T1", "bearer")),
+        ({}, "", ["bearer", "T1"], ("T1", "bearer")),  # servers that only fill the scope (uvicorn's wsproto)
+        ({"Sec-WebSocket-Protocol": "Bearer,T1"}, "", None, ("T1", "Bearer")),
+        ({"Sec-WebSocket-Protocol": "chat, T1"}, "", None, (None, None)),
+        ({"Sec-WebSocket-Protocol": "bearer"}, "token=Q", None, ("Q", None)),
+        ({"Authorization": "Bearer H1"}, "token=Q", None, ("H1", None)),
+        ({"Authorization": "bearer H1"}, "", None, ("H1", None)),
+        ({"Authorization": "Basic abc"}, "token=Q", None, ("Q", None)),
+        ({"Sec-WebSocket-Protocol": "bearer, T1", "Authorization": "Bearer H1"}, "token=Q", None, ("T1", "bearer")),
+        ({}, "a=1&token=Q&b=2", None, ("Q", None)),
+        ({}, "tokens=Q", None, (None, None)),
+        ({}, "", None, (None, None)),
+    ],
+)
+def test_extract_token(
+    headers: dict[str, str], query: str, subprotocols: list[str] | None, expected: tuple[str | None, str | None]
+) -> None:
+    scope = scope_of(headers, query, subprotocols)
+    lowered = {k.lower(): v for k, v in headers.items()}
+    assert extract_token(scope, lowered) == expected
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed", "scheme", "ok"),
+    [
+        (None, "h:1", [], "ws", True),
+        ("http://h:1", "h:1", [], "ws", True),
+        ("http://H:1/", "h:1", [], "ws", True),
+        ("https://h:1", "h:1", [], "wss", True),
+        ("https://h:1", "h:1", [], "ws", False),
+        ("http://h:2", "h:1", [], "ws", False),
+        ("null", "h:1", [], "ws", False),
+        ("http://a.example", "h:1", ["http://a.example"], "ws", True),
+        ("http://a.example/", "h:1", ["http://a.example"], "ws", True),
+        ("http://h:1", "h:1", ["http://a.example"], "ws", False),
+        ("http://anything", "h:1", ["*"], "ws", True),
+    ],
+)
+def test_origin_rule(origin: str | None, host: str, allowed: list[str], scheme: str, ok: bool) -> None:
+    assert origin_allowed(origin, {"host": host}, allowed, scheme) is ok
