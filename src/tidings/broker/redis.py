@@ -490,7 +490,11 @@ class RedisBroker:
         return bool(await self._call(lambda: self._pres_add(keys=[self.keys.pres(channel)], args=args)))
 
     async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
-        """Forget a connection; True when its user has no live connection left in the channel."""
+        """Forget a connection; True when its user has no live connection left in the channel.
+
+        While Redis is unreachable the removal is queued (and False returned) rather than raised, so that a node
+        disconnecting a client still forgets all of its entries.
+        """
         conn_id = self._cluster_id(conn_id)
         entries = self._local_presence.get(channel)
         if entries is not None:
@@ -501,8 +505,9 @@ class RedisBroker:
             args: list[EncodableT] = [self.prefix, conn_id, user_id]
             return bool(await self._call(lambda: self._pres_remove(keys=[self.keys.pres(channel)], args=args)))
         except BrokerUnavailable:
+            # Removed once Redis is back (or expired with this node); no leave event, it could not be published.
             self._stale_presence.add((channel, conn_id))
-            raise
+            return False
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         """Users present in the channel on live nodes, one entry per user."""
