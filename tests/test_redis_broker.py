@@ -261,3 +261,14 @@ async def test_publisher_events_match_the_nodes_format(make: Any, prefix: str) -
     assert [e["channel"] for e in events] == ["user:1", "job:5", "job_updates"]
     assert len({e["timestamp"] for e in events}) == 1
     assert all(e["type"] == "job_update" and e["offset"] == 1 and e["epoch"] for e in events)
+
+
+async def test_a_foreign_message_on_a_channel_is_ignored(make: Any, prefix: str) -> None:
+    got = Collector()
+    broker = await make(got)
+    await broker.subscribe("room:f")
+    await broker.client.publish(f"{prefix}:pub:room:f", b"not a tidings publication")
+    pub = await broker.publish("room:f", body("room:f", 1))
+    [received] = await got.wait_for(1)
+    assert received.frame.payload == pub.frame.payload
+    assert broker.info()["disconnects"] == 0

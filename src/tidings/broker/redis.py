@@ -404,7 +404,11 @@ class RedisBroker:
         channel = self._channels.get(key)
         if channel is None or self._handler is None:
             return
-        offset, epoch = lua.parse_position(payload)
+        try:
+            offset, epoch = lua.parse_position(payload)
+        except ValueError:
+            logger.warning("ignoring a malformed message on %s (not from a Tidings publisher)", channel)
+            return
         last = self._last.get(channel)
         if last is not None and last[0] == epoch and offset <= last[1]:
             return  # already delivered (replayed from history after a reconnect)
@@ -473,6 +477,8 @@ class RedisBroker:
             except CONNECTION_ERRORS as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 await self._drop_sub()  # the reader notices, reports and reconnects
+            except Exception:
+                logger.exception("Redis broker heartbeat failed; trying again in %.1fs", period)
 
     def _cluster_id(self, conn_id: str) -> str:
         """Connection ids are unique per process only; prefix them with this node's id."""
