@@ -163,9 +163,7 @@ async def connect_all(nodes: list[Node], per_node: int, token: str, subs: Subscr
     return sockets
 
 
-async def publish_burst(
-    url: str, prefix: str, per_task: int, concurrency: int, pad: str
-) -> tuple[float, float]:
+async def publish_burst(url: str, prefix: str, per_task: int, concurrency: int, pad: str) -> tuple[float, float]:
     """The throughput phase's publisher (run with ``--burst``): start and end, on ``time.perf_counter``."""
     async with Publisher(url, prefix=prefix) as publisher:
         await publisher.publish("bench:warmup", {})
@@ -218,9 +216,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # latency: paced publications
             subs.expect(args.paced * n_subs)
             for seq in range(args.paced):
-                await publisher.publish(
-                    CHANNEL, {"paced": 1, "seq": seq, "t": time.perf_counter(), "pad": pad}
-                )
+                await publisher.publish(CHANNEL, {"paced": 1, "seq": seq, "t": time.perf_counter(), "pad": pad})
                 await asyncio.sleep(1 / args.rate)
             await asyncio.wait_for(subs.done.wait(), 120)
             latencies = subs.latencies[:]
@@ -251,9 +247,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu1 = [cpu_seconds(n.proc.pid) for n in nodes]
             info1 = await redis.info("cpu")
             stats = await redis.info("commandstats")
-        redis_cpu = (info1["used_cpu_sys"] + info1["used_cpu_user"]) - (
-            info0["used_cpu_sys"] + info0["used_cpu_user"]
-        )
+        redis_cpu = (info1["used_cpu_sys"] + info1["used_cpu_user"]) - (info0["used_cpu_sys"] + info0["used_cpu_user"])
         commands = {
             name.removeprefix("cmdstat_"): value["calls"]
             for name, value in stats.items()
@@ -274,9 +268,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "publications_per_s": messages / (published_at - start),
             "deliveries_per_s": messages * n_subs / (end - start),
             "redis_cpu_us_per_publication": redis_cpu / messages * 1e6,
-            "redis_commands_per_publication": {
-                k: round(v / messages, 3) for k, v in sorted(commands.items())
-            },
+            "redis_commands_per_publication": {k: round(v / messages, 3) for k, v in sorted(commands.items())},
             "node_cpu_us_per_delivery": (sum(cpu1) - sum(cpu0)) / (messages * n_subs) * 1e6,
         }
     finally:
@@ -300,9 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--per-node", type=int, default=100, help="subscribers on each node (default 100)")
-    parser.add_argument(
-        "--paced", type=int, default=200, help="publications of the latency phase (default 200)"
-    )
+    parser.add_argument("--paced", type=int, default=200, help="publications of the latency phase (default 200)")
     parser.add_argument("--rate", type=float, default=100.0, help="their rate per second (default 100)")
     parser.add_argument("--messages", type=int, default=2000, help="publications of the throughput phase")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent publishers (default 8)")
