@@ -165,6 +165,22 @@ async def test_iteration_ends_when_closed_and_broadcasts_arrive(server: LiveServ
     assert received[-1]["channel"] == "broadcast"
 
 
+async def test_close_sends_what_was_sent_before_it(server: LiveServer) -> None:
+    reader = fast_client(server, server.token("bob"))
+    stream = reader.messages()
+    async with reader:
+        await reader.subscribe("room:flush")
+        writer = fast_client(server, server.token("ann"))
+        await writer.connect()
+        for n in range(20):
+            assert writer.publish("room:flush", {"text": str(n)}) is True
+        await writer.close()  # fire-and-forget publications still go out before the close frame
+        texts: list[str] = []
+        while len(texts) < 20:
+            texts.append((await next_matching(stream, is_pub("room:flush")))["data"]["body"]["text"])
+    assert texts == [str(n) for n in range(20)]
+
+
 async def test_duplicates_are_dropped(server: LiveServer) -> None:
     client = fast_client(server, server.token("ann"))
     stream = client.messages()

@@ -49,6 +49,7 @@ from typing import Any, TextIO, TypeGuard
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.protocol import State
 
 __all__ = [
     "ClientClosed",
@@ -186,6 +187,7 @@ class _Outgoing:
 
     text: str
     reply: asyncio.Future[Message] | None = None
+    msg_id: str | int | None = None
 
 
 @dataclass(slots=True)
@@ -364,8 +366,11 @@ class TidingsClient:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection and stop reconnecting (state ``offline``); remembered channels are kept."""
         self._closing = True
-        ws = self._ws
+        ws, outbox = self._ws, self._outbox
         if ws is not None:
+            if outbox is not None and ws.state is State.OPEN:  # what was sent goes out before the close frame
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(outbox.join(), 2)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(code, reason), 5)
         runner = self._runner
@@ -401,7 +406,7 @@ class TidingsClient:
         msg_id = msg.setdefault("id", f"r{next(self._ids)}")
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._requests[msg_id] = future
-        self._send(_Outgoing(json.dumps(msg), reply=future))
+        self._send(_Outgoing(json.dumps(msg), reply=future, msg_id=msg_id))
         limit = self.request_timeout if timeout is None else timeout
         try:
             if limit:
@@ -412,6 +417,8 @@ class TidingsClient:
         finally:
             self._requests.pop(msg_id, None)
             self._in_flight.discard(msg_id)
+            if not future.done():
+                future.cancel()  # timed out or cancelled: nobody will look at it any more
 
     async def subscribe(self, channel: str) -> Message:
         """Subscribe and remember ``channel``; return ``subscription_confirmed``.
@@ -767,11 +774,8 @@ class TidingsClient:
     def _transmit_entry(self, entry: _Outgoing) -> bool:
         if not self._transmit(entry.text):
             return False
-        if entry.reply is not None:
-            for msg_id, future in self._requests.items():
-                if future is entry.reply:
-                    self._in_flight.add(msg_id)
-                    break
+        if entry.msg_id is not None and entry.msg_id in self._requests:
+            self._in_flight.add(entry.msg_id)
         return True
 
     def _transmit(self, text: str) -> bool:
@@ -841,7 +845,11 @@ async def _write(ws: ClientConnection, outbox: asyncio.Queue[str]) -> None:
     """The writer of one connection: sends the outbox in order until the connection closes."""
     with contextlib.suppress(ConnectionClosed):
         while True:
-            await ws.send(await outbox.get())
+            text = await outbox.get()
+            try:
+                await ws.send(text)
+            finally:
+                outbox.task_done()
 
 
 async def _abort(ws: ClientConnection) -> None:
