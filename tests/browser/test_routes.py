@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import importlib.util
+import secrets
+import socket
+from typing import Any
+
 import httpx
+import pytest
 
 from tests.conftest import LiveServer
 
 
-def test_pages_static_files_and_json_endpoints(server: LiveServer) -> None:
+def _no_redis() -> str | None:
+    if importlib.util.find_spec("tidings.broker.redis") is None:
+        return "the Redis broker has not landed"
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+    except OSError:
+        return "no Redis on 127.0.0.1:6379"
+    return None
+
+
+@pytest.mark.parametrize(
+    "broker",
+    [
+        "memory",
+        pytest.param(
+            "redis", marks=[pytest.mark.redis, pytest.mark.skipif(bool(_no_redis()), reason=str(_no_redis()))]
+        ),
+    ],
+)
+def test_pages_static_files_and_json_endpoints(server_factory: Any, broker: str) -> None:
+    env = {}
+    if broker == "redis":
+        env = {"TIDINGS_BROKER_URL": "redis://127.0.0.1:6379", "TIDINGS_BROKER_PREFIX": f"t{secrets.token_hex(6)}"}
+    server: LiveServer = server_factory(env=env)
+    server.create_user("ann")
     ann = {"Authorization": f"Bearer {server.token('ann')}"}
     with httpx.Client(base_url=server.url, timeout=10) as http:
         root = http.get("/")
