@@ -613,7 +613,13 @@ def machine_facts(node: str) -> dict[str, str]:
         ws_version = json.loads((BENCH / "node_modules/ws/package.json").read_text())["version"]
     node_version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
     packages = ", ".join(f"{p} {package_version(p)}" for p in ("fastapi", "uvicorn", "websockets", "uvloop"))
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True)
+    revision = head.stdout.strip() or "?"
+    if dirty.stdout.strip():
+        revision += " (with uncommitted changes in src/)"
     return {
+        "revision": revision,
         "nproc": str(os.cpu_count()),
         "cpu": model,
         "kernel": platform.release(),
@@ -638,13 +644,14 @@ def write_docs(
         "",
         f"- Date: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"- Machine: nproc {facts['nproc']}, {facts['cpu']}, Linux {facts['kernel']}",
-        f"- Software: {facts['software']}",
+        f"- Software: {facts['software']}; Tidings at {facts['revision']}",
         f"- Command: `{command}`",
         f"- Setup: each server alone on core {opt.server_core} (`taskset`), the Node `ws` load client on"
         f" core {opt.client_core}, loopback; {opt.size}-byte target frames; throughput phase:"
         f" {opt.messages} broadcasts back to back; latency: {opt.paced} single broadcasts {opt.gap_ms} ms"
         f" apart after {opt.warmup} unmeasured ones; a fresh server process per run; {opt.runs} run(s) per"
-        " point, medians shown.",
+        " point, medians shown"
+        + (f"; server and client at niceness {opt.nice} (and their sessions)." if opt.nice else "."),
         "",
         "## Results (medians)",
         "",

@@ -79,7 +79,7 @@ TIDINGS_HTTP_CONCURRENCY = 4
 def tidings(port: int, workdir: Path) -> ServerSpec:
     """The project's server: `tidings serve`, token-authenticated subscribers, publishing over REST.
 
-    The contract it follows is in bench/README.md.
+    The contract it follows is in bench/README.md (*The Tidings adapter*).
     """
     exe = str(VENV_BIN / "tidings")
     env = {
