@@ -141,7 +141,8 @@ def worker_factory() -> Iterator[Any]:
 
 def platform_server(server_factory: Any, env: dict[str, str]) -> LiveServer:
     """A running server with users ``ann`` and ``bob`` (the ``admin`` account exists from the first start)."""
-    srv: LiveServer = server_factory(env={"TIDINGS_CRAWL_SETTINGS": FAST_CRAWL, **env})
+    srv: LiveServer = server_factory(env={"TIDINGS_CRAWL_SETTINGS": FAST_CRAWL, **env}, start=False)
+    srv.start(timeout=120)  # generous: the suite shares two cores with Scrapy children and other servers
     srv.create_user("ann")
     srv.create_user("bob")
     return srv
