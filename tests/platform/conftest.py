@@ -79,7 +79,7 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
-    def start(self, timeout: float = 60.0) -> Worker:
+    def start(self, timeout: float = 120.0) -> Worker:
         """Start and wait until Celery says it is ready."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
