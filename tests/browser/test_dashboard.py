@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import secrets
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,16 @@ from tests.conftest import LiveServer
 pytestmark = pytest.mark.browser
 
 expect: Any = pytest.importorskip("playwright.sync_api").expect
+
+
+def _no_redis() -> str | None:
+    if importlib.util.find_spec("tidings.broker.redis") is None:
+        return "the Redis broker has not landed"
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+    except OSError:
+        return "no Redis on 127.0.0.1:6379"
+    return None
 
 
 def publish(server: LiveServer, channel: str, data: Any) -> None:
@@ -132,9 +145,23 @@ def test_property_page_shows_who_is_viewing(
     expect(ann.locator("#viewers li[data-user=ann]")).to_be_visible()
 
 
+@pytest.mark.parametrize(
+    "broker",
+    [
+        "memory",
+        pytest.param(
+            "redis", marks=[pytest.mark.redis, pytest.mark.skipif(bool(_no_redis()), reason=str(_no_redis()))]
+        ),
+    ],
+)
 def test_restart_shows_reconnecting_then_recovers(
-    server: LiveServer, new_page: Callable[[], Any], shot: Callable[[Any, str], Path]
+    server_factory: Any, new_page: Callable[[], Any], shot: Callable[[Any, str], Path], broker: str
 ) -> None:
+    env = {}
+    if broker == "redis":
+        env = {"TIDINGS_BROKER_URL": "redis://127.0.0.1:6379", "TIDINGS_BROKER_PREFIX": f"t{secrets.token_hex(6)}"}
+    server: LiveServer = server_factory(env=env)
+    server.create_user("ann")
     ann = sign_in(new_page(), server, "ann", hash_="#rooms/ops")
     room = ann.locator("#room-ops")
     publish(server, "room:ops", {"text": "before the restart"})
@@ -143,20 +170,25 @@ def test_restart_shows_reconnecting_then_recovers(
     server.stop()  # closes every client with 1001; nothing is published while it is down
     expect(ann.locator("#conn")).to_have_attribute("data-state", "reconnecting")
     expect(ann.locator("#conn-label")).to_have_text("reconnecting")
-    shot(ann, "reconnecting")
+    shot(ann, f"reconnecting-{broker}")
 
-    server.start()  # same port, same database; the memory broker starts a new epoch
+    server.start()  # same port, same database
     publish(server, "room:ops", {"text": "published meanwhile"})
     expect(ann.locator("#conn")).to_have_attribute("data-state", "connected", timeout=UI_TIMEOUT * 2)
-    # The resubscription could not recover the old epoch: recovery_failed made the page reload the room.
-    expect(room).to_have_attribute("data-reloads", "1")
-    expect(room.locator(".divider")).to_have_count(1)
+    if broker == "memory":
+        # A new epoch: the resubscription could not recover, recovery_failed made the page reload the room.
+        expect(room).to_have_attribute("data-reloads", "1")
+        expect(room.locator(".divider")).to_have_count(1)
     expect(room.locator(".msg .msg-text")).to_contain_text(["before the restart", "published meanwhile"])
     publish(server, "room:ops", {"text": "after reconnecting"})
     expect(room.locator(".msg .msg-text")).to_have_text(
         ["before the restart", "published meanwhile", "after reconnecting"]
     )
-    shot(ann, "recovered")
+    if broker == "redis":
+        # Redis kept the history and its epoch: recovered through the resubscription, nothing reloaded.
+        assert room.get_attribute("data-reloads") is None
+        assert room.locator(".divider").count() == 0
+    shot(ann, f"recovered-{broker}")
 
 
 def _crawler_missing(server: LiveServer) -> str | None:
