@@ -5,6 +5,8 @@ Run against SQLite and PostgreSQL (``database_env``).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -23,7 +25,9 @@ from tests.platform.conftest import (
     site_url,
     subscribe,
 )
+from tidings.crawler import store
 from tidings.crawler.sample_site import price_changed_ids, summary
+from tidings.db import Database
 
 pytestmark = [pytest.mark.slow]
 
@@ -110,3 +114,33 @@ async def test_cancel_stops_the_spider_and_reports_it(server_factory: Any, datab
         assert again.status_code == 409
     finally:
         await ws.close()
+
+
+async def test_shutdown_fails_running_jobs_and_a_restart_runs_pending_ones(server_factory: Any) -> None:
+    server: LiveServer = platform_server(server_factory, {"TIDINGS_CRAWL_SETTINGS": SLOW_CRAWL})
+    ws = await ws_connect(server.ws_url(), server.token("ann"))
+    try:
+        hello = await recv_json(ws)
+        running = await create_job(server, "ann", [site_url(server)])
+        await collect_job(ws, running["job_id"], f"user:{hello['user_id']}", until=("job_started",))
+    finally:
+        await ws.close()
+    server.stop()  # SIGTERM: a graceful shutdown
+
+    db = Database(server.database_url)
+    try:
+        job = await store.get_job(db, running["job_id"])
+        assert job is not None and (job.status, job.error) == ("failed", "interrupted: the server shut down")
+        ann = await db.get_user("ann")
+        assert ann is not None
+        queued = await store.create_job(db, ann.id, "listings", ["http://127.0.0.1:9/"])
+    finally:
+        await db.dispose()
+
+    server.start(timeout=120)
+    deadline = time.monotonic() + 120
+    path = f"/api/jobs/{queued.id}"
+    while (found := (await api_get(server, "ann", path)).json())["status"] in ("pending", "running"):
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(0.2)
+    assert found["status"] == "failed" and "Connection refused" in found["error"]
