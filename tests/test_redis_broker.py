@@ -272,3 +272,31 @@ async def test_a_foreign_message_on_a_channel_is_ignored(make: Any, prefix: str)
     [received] = await got.wait_for(1)
     assert received.frame.payload == pub.frame.payload
     assert broker.info()["disconnects"] == 0
+
+
+async def test_a_reader_reconnect_replays_every_channel_exactly_once(make: Any, prefix: str) -> None:
+    got = Collector()
+    a = await make(got)
+    b = await make()
+    channels = [f"room:r{i}" for i in range(5)]
+    for channel in channels:
+        await a.subscribe(channel)
+        await b.publish(channel, body(channel, 0))
+    await got.wait_for(5)
+    for client in await b.client.client_list():
+        if client["name"] == f"tidings-sub:{prefix}:{a.node_id}":
+            await b.client.client_kill_filter(_id=client["id"])
+    await b.client.delete(f"{prefix}:meta:room:r4")  # this one loses its history: a new epoch
+    for n in range(1, 4):
+        for channel in channels:
+            await b.publish(channel, body(channel, n))
+    pubs = await got.wait_for(5 + 15)
+
+    async def reconnected() -> bool:
+        return bool(a.info()["reconnects"] == 1 and a.healthy)
+
+    await eventually(reconnected)
+    for channel in channels:
+        offsets = [p.offset for p in pubs if p.channel == channel]
+        assert offsets == ([1, 1, 2, 3] if channel == "room:r4" else [1, 2, 3, 4]), (channel, offsets)
+    assert len(got.pubs) == 20

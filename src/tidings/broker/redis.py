@@ -239,11 +239,16 @@ class RedisBroker:
             if future is not None:
                 self._markers.pop(marker, None)
         epoch = epoch_b.decode()
+        return int(offset), epoch, self._publications(channel, epoch, entries)
+
+    @staticmethod
+    def _publications(channel: str, epoch: str, entries: list[Any]) -> list[Publication]:
+        """Stream entries (``[b"<offset>-0", [b"p", payload]]``) as publications."""
         pubs = []
         for entry_id, fields in entries:
             payload = fields[fields.index(b"p") + 1]
             pubs.append(Publication(channel, int(entry_id.split(b"-", 1)[0]), epoch, Frame(payload)))
-        return int(offset), epoch, pubs
+        return pubs
 
     async def recover(self, channel: str, since_offset: int, since_epoch: str) -> HistoryResult:
         """Publications after ``since_offset``; ``recovered`` only if history reaches back and the epoch matches."""
@@ -419,15 +424,30 @@ class RedisBroker:
             logger.exception("publication handler failed on %s", channel)
 
     async def _replay(self) -> None:
-        """After a reconnect: deliver what each channel published while this node was not listening."""
-        for channel, (epoch, offset) in list(self._last.items()):
-            _, current_epoch, pubs = await self._history(channel, offset, epoch)
-            if current_epoch != epoch:
-                # History was lost (Redis restarted empty, or the TTL passed): everything in the new epoch is new.
-                _, _, pubs = await self._history(channel, 0, current_epoch)
-            key = self.keys.pub(channel).encode()
-            for pub in pubs:
-                self._on_message(key, pub.frame.payload)
+        """After a reconnect: deliver what each channel published while this node was not listening.
+
+        One pipelined recover script per channel (in batches), so a node with thousands of channels catches up
+        in a few round trips.
+        """
+        items = list(self._last.items())
+        for start in range(0, len(items), 500):
+            batch = items[start : start + 500]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for channel, (epoch, offset) in batch:
+                    keys = [self.keys.meta(channel), self.keys.hist(channel)]
+                    args: list[EncodableT] = [new_epoch(), self.history_ttl, offset, epoch, "", b""]
+                    await self._recover(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
+            for (channel, (epoch, _)), (_, current_b, entries) in zip(batch, replies, strict=True):
+                current = current_b.decode()
+                if current != epoch:
+                    # History was lost (Redis restarted empty, or the TTL passed): all of the new epoch is new.
+                    _, _, pubs = await self._history(channel, 0, current)
+                else:
+                    pubs = self._publications(channel, current, entries)
+                key = self.keys.pub(channel).encode()
+                for pub in pubs:
+                    self._on_message(key, pub.frame.payload)
 
     # ---- heartbeat and registrations ------------------------------------------------------------------------
     async def _register(self) -> None:
