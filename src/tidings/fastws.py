@@ -67,6 +67,8 @@ Message = dict[str, Any]
 
 #: Seconds to wait for the peer's closing handshake (or for a closed socket's buffer to drain) before aborting.
 CLOSE_TIMEOUT = 10.0
+#: Seconds an aborted (stalled) connection keeps its socket so a final close frame can still reach the client.
+ABORT_GRACE = 5.0
 #: Inbound events buffered for an application that is not reading before the socket stops being read.
 INBOX_HIGH = 16
 #: Buffered inbound events under which reading resumes.
@@ -152,6 +154,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
     """One WebSocket connection under uvicorn; also this socket's raw :class:`tidings.transport.Transport`."""
 
     __slots__ = (
+        "_aborted",
         "_app",
         "_compress",
         "_decoder",
@@ -206,6 +209,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         self._ready = False  # OPEN, the write buffer below its high-water mark, and no send() in progress
         self._paused = False  # the transport asked us to stop writing (pause_writing)
         self._sending = False
+        self._aborted = False
         self._compress = False  # shared frames go out as ``wire_deflate``
         self._window_bits = 0  # permessage-deflate's server window for ASGI messages; 0: not negotiated
         self._response: Response | None = None  # the 101 response, until the application accepts
@@ -240,6 +244,9 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         if state is not _HANDSHAKE:
             self._post_disconnect(1006 if self.conn.close_rcvd is None else self.conn.close_rcvd.code)
 
+    def _update_ready(self) -> None:
+        self._ready = self._state is _OPEN and not (self._paused or self._sending or self._aborted)
+
     def pause_writing(self) -> None:
         """The write buffer went over its high-water mark: frames are queued by the connection from now on."""
         self._paused = True
@@ -248,7 +255,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         """The write buffer drained under its low-water mark."""
         self._paused = False
-        self._ready = self._state is _OPEN and not self._sending
+        self._update_ready()
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -333,7 +340,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         except ClientDisconnected:
             pass
         except asyncio.CancelledError:
-            self.abort()
+            self._hard_abort()
             raise
         except BaseException:
             logger.exception("Exception in ASGI application\n")
@@ -342,7 +349,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
             if self._state is _CONNECTING:
                 logger.error("ASGI callable returned without completing handshake.")
                 self._app_failed(1000)
-            elif self._state is _OPEN:
+            elif self._state is _OPEN and not self._aborted:
                 self._send_close(1000, "")
         finally:
             if self._state is _CONNECTING:  # an unfinished denial response
@@ -386,7 +393,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
                 self._window_bits = extension.local_max_window_bits
                 self._compress = extension.local_max_window_bits >= DEFLATE_WINDOW_BITS
         self._state = _OPEN
-        self._ready = not self._paused
+        self._update_ready()
         self._flush()
         self._schedule_ping()
 
@@ -543,9 +550,9 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
 
     async def _write(self, data: bytes) -> None:
         """Write one ASGI message in order with the fast path: wait for a drained buffer and earlier sends."""
-        while (self._paused or self._sending) and self._state is _OPEN:
+        while (self._paused or self._sending) and self._state is _OPEN and not self._aborted:
             await self._wait_drain()
-        if self._state is not _OPEN:
+        if self._state is not _OPEN or self._aborted:
             raise ClientDisconnected()
         self.transport.write(data)
 
@@ -569,9 +576,9 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         self._sending = True
         self._ready = False
         try:
-            while self._paused and self._state is _OPEN:
+            while self._paused and self._state is _OPEN and not self._aborted:
                 await self._wait_drain()
-            if self._state is not _OPEN:
+            if self._state is not _OPEN or self._aborted:
                 raise ClientDisconnected()
             if self._compress:
                 data = b"".join([frame.wire_deflate for frame in frames])
@@ -580,7 +587,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
             self.transport.write(data)
         finally:
             self._sending = False
-            self._ready = self._state is _OPEN and not self._paused
+            self._update_ready()
             drain = self._drain
             if drain is not None and not drain.done() and not self._paused:
                 drain.set_result(None)  # an ASGI send waiting for this one
@@ -590,9 +597,29 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         self._send_close(code, reason)
 
     def abort(self) -> None:
-        """Drop the TCP connection now, discarding buffered data."""
+        """Stop serving a stalled client at once: no more data frames, and the application sees a disconnect now.
+
+        The socket itself gets a short grace: a close frame sent right after (the connection's 4000 "slow
+        consumer") is appended to the buffer and the TCP connection closed once that drains, so a client that
+        resumes reading learns why; after :data:`ABORT_GRACE` seconds the buffer is discarded and the socket
+        dropped.
+        """
         self._ready = False
-        if self._state is not _CLOSED and self.transport is not None:
+        state = self._state
+        if state is _CLOSED or self.transport is None:
+            return
+        if state is not _OPEN or self._aborted:
+            self._hard_abort()
+            return
+        self._aborted = True  # blocks writes from send() and ASGI sends; close() still goes out
+        self._post_disconnect(1006, "aborted")
+        self._cancel_timer()
+        self._timer = self._loop.call_later(ABORT_GRACE, self._hard_abort)
+
+    def _hard_abort(self) -> None:
+        self._timer = None
+        self._ready = False
+        if self._state is not _CLOSED:
             self.transport.abort()
 
     # ---- closing ------------------------------------------------------------------------------------------
@@ -612,9 +639,11 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         self._ready = False
         self._post_disconnect(code, reason)
         self._flush()
-        if self._state is _CLOSING:
+        if self._aborted:
+            self.transport.close()  # aborted: no closing handshake, the grace timer is already running
+        elif self._state is _CLOSING:
             self._cancel_timer()
-            self._timer = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
+            self._timer = self._loop.call_later(CLOSE_TIMEOUT, self._hard_abort)
 
     def _flush(self) -> None:
         """Write what the sans-I/O protocol produced; close the TCP connection when it says so."""
@@ -638,7 +667,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         if not transport.is_closing():
             transport.close()
             self._cancel_timer()
-            self._timer = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
+            self._timer = self._loop.call_later(CLOSE_TIMEOUT, self._hard_abort)
 
     def shutdown(self) -> None:
         """Server shutdown (uvicorn): close with 1001 "Server shutting down", or refuse a pending handshake."""
