@@ -90,6 +90,17 @@ def test_urls_are_redacted() -> None:
 def test_position_is_read_from_the_tail_of_the_payload() -> None:
     payload = with_position(b'{"type":"publication","data":{"offset":"x,\\"offset\\":9"}}', 42, "abc")
     assert parse_position(payload) == (42, "abc")
+    assert parse_position(with_position(b"{}", 7, "e")) == (7, "e")
+
+
+async def test_an_empty_object_gets_a_valid_position(make: Any) -> None:
+    got = Collector()
+    broker = await make(got)
+    await broker.subscribe("room:e")
+    pub = await broker.publish("room:e", b"{}")
+    [received] = await got.wait_for(1)
+    assert received.frame.payload == pub.frame.payload == with_position(b"{}", 1, pub.epoch)
+    assert orjson.loads(received.frame.payload) == {"offset": 1, "epoch": pub.epoch}
 
 
 async def test_publications_reach_other_nodes_with_identical_bytes(make: Any) -> None:

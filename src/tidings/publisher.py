@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from tidings.broker.base import BrokerUnavailable
-from tidings.broker.redis_scripts import PUBLISH, Keys
+from tidings.broker.redis_scripts import PUBLISH, Keys, body_head
 from tidings.protocol import CHANNEL_RE, encode
 from tidings.settings import Settings
 
@@ -51,7 +51,7 @@ class _Messages:
             raise ValueError(f"Invalid channel name: {channel!r}")
         keys = [self.keys.meta(channel), self.keys.hist(channel)]
         args: list[EncodableT] = [
-            body[:-1],
+            body_head(body),
             secrets.token_hex(4),
             self.history_size,
             self.history_ttl,

@@ -196,12 +196,12 @@ class RedisBroker:
 
     async def publish(self, channel: str, body: bytes) -> Publication:
         """Run the publish script: offset, history, ``PUBLISH`` of the final bytes, atomically."""
-        args: list[EncodableT] = [body[:-1], new_epoch(), self.history_size, self.history_ttl, self.keys.pub(channel)]
+        head = lua.body_head(body)
+        args: list[EncodableT] = [head, new_epoch(), self.history_size, self.history_ttl, self.keys.pub(channel)]
         keys = [self.keys.meta(channel), self.keys.hist(channel)]
         offset, epoch = await self._call(lambda: self._publish(keys=keys, args=args))
-        epoch_s = epoch.decode()
-        payload = b'%s,"offset":%d,"epoch":"%s"}' % (body[:-1], offset, epoch)
-        return Publication(channel, int(offset), epoch_s, Frame(payload))
+        payload = b'%s"offset":%d,"epoch":"%s"}' % (head, offset, epoch)
+        return Publication(channel, int(offset), epoch.decode(), Frame(payload))
 
     async def position(self, channel: str) -> tuple[int, str]:
         """The channel's latest offset and epoch (creates the channel's metadata, and epoch, if missing).

@@ -31,6 +31,7 @@ __all__ = [
     "RECOVER",
     "STATS",
     "Keys",
+    "body_head",
     "parse_position",
 ]
 
@@ -62,15 +63,21 @@ class Keys:
         return f"{self.prefix}:pres:{channel}"
 
 
+def body_head(body: bytes) -> bytes:
+    """``body`` (a JSON object) without its closing ``}``, ready for ``"offset":...`` (as ``with_position``)."""
+    head = body.rstrip()[:-1].rstrip()
+    return head if head.endswith(b"{") else head + b","
+
+
 def parse_position(payload: bytes) -> tuple[int, str]:
     """The ``offset`` and ``epoch`` the publish script appended to ``payload`` (read from its tail, no decoding)."""
-    i = payload.rfind(b',"offset":')
+    i = payload.rfind(b'"offset":')
     j = payload.index(b',"epoch":"', i)
-    return int(payload[i + 10 : j]), payload[j + 10 : -2].decode()
+    return int(payload[i + 9 : j]), payload[j + 10 : -2].decode()
 
 
 # Offset assignment, history append and fan-out in one atomic step.
-# KEYS: meta, hist. ARGV: body without its closing "}", epoch for a new stream, history_size, history_ttl, pub channel.
+# KEYS: meta, hist. ARGV: body_head(body), epoch for a new stream, history_size, history_ttl, pub channel.
 # Returns {offset, epoch}. The epoch is created with the channel's metadata; if the metadata was lost (TTL, a Redis
 # restart without persistence) the next publish starts a new epoch at offset 1 and drops any stale history.
 PUBLISH = """
@@ -81,7 +88,7 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-local payload = ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+local payload = ARGV[1] .. '"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
 local size = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 if size > 0 then
