@@ -48,5 +48,8 @@ test: $(STAMP) browser-deps
 bench: $(STAMP) js-deps
 	$(BIN)/python -m bench.fanout
 
+bench-redis: $(STAMP)
+	$(BIN)/python -m bench.redis_fanout
+
 clean:
 	rm -rf $(VENV) var test-results node_modules
