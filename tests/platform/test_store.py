@@ -51,7 +51,9 @@ async def test_expired_lease_is_reaped_once_and_the_runner_notices(db: Database)
     assert await store.renew_lease(db, job_id, 30) is False  # renewed, no cancel request
 
     later = utcnow() + timedelta(seconds=60)
-    reaped = await asyncio.gather(store.reap_expired(db, "worker lost", later), store.reap_expired(db, "x", later))
+    reaped = await asyncio.gather(
+        store.reap_expired(db, "worker lost", later), store.reap_expired(db, "worker lost", later)
+    )
     assert [r.job_id for batch in reaped for r in batch] == [job_id]
     assert await store.renew_lease(db, job_id, 30) is None  # the runner learns it lost the job
     assert not await store.finish_job(db, job_id, claim.execution_id, JobStatus.COMPLETED, 5, None)
