@@ -37,8 +37,7 @@ import logging
 import os
 import struct
 import zlib
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from enum import Enum
 from http import HTTPStatus
 from typing import Any, cast
@@ -54,6 +53,7 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPe
 from websockets.frames import Frame as WSFrame
 from websockets.frames import Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 
 from tidings.protocol import DEFLATE_WINDOW_BITS, CloseCode, Frame
@@ -213,7 +213,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         self._compress = False  # shared frames go out as ``wire_deflate``
         self._window_bits = 0  # permessage-deflate's server window for ASGI messages; 0: not negotiated
         self._response: Response | None = None  # the 101 response, until the application accepts
-        self._inbox: deque[Message] | None = None
+        self._inbox: list[Message] | None = None  # events the application has not asked for yet
         self._waiter: asyncio.Future[Message] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._disconnect: Message | None = None  # set once the application has been told
@@ -319,9 +319,12 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
             "extensions": {"websocket.http.response": {}, TRANSPORT_EXTENSION: self._raw_transport},
         }
         self._post({"type": "websocket.connect"})
-        task = self._loop.create_task(self._run_app())
+        # the application's coroutine is the task itself (no wrapper coroutine: less memory per connection)
+        task = self._loop.create_task(
+            cast(Coroutine[Any, Any, None], self._app(self.scope, self.receive, self.asgi_send))
+        )
         self._server_state.tasks.add(task)
-        task.add_done_callback(self._server_state.tasks.discard)
+        task.add_done_callback(self._app_done)
 
     def _describe(self) -> tuple[str, str]:
         """Client address and path (with query; tokens are redacted by Tidings' log filter) for access logs."""
@@ -334,26 +337,24 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
     def _raw_transport(self) -> TidingsWebSocketProtocol:
         return self
 
-    async def _run_app(self) -> None:
-        try:
-            await self._app(self.scope, self.receive, self.asgi_send)
-        except ClientDisconnected:
-            pass
-        except asyncio.CancelledError:
+    def _app_done(self, task: asyncio.Task[None]) -> None:
+        """The application returned (close 1000 if it left the socket open), failed (1011 / HTTP 500) or was
+        cancelled (abort)."""
+        self._server_state.tasks.discard(task)
+        if task.cancelled():
             self._hard_abort()
-            raise
-        except BaseException:
-            logger.exception("Exception in ASGI application\n")
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, ClientDisconnected):
+            logger.error("Exception in ASGI application\n", exc_info=exc)
             self._app_failed(1011)
-        else:
-            if self._state is _CONNECTING:
-                logger.error("ASGI callable returned without completing handshake.")
-                self._app_failed(1000)
-            elif self._state is _OPEN and not self._aborted:
-                self._send_close(1000, "")
-        finally:
-            if self._state is _CONNECTING:  # an unfinished denial response
-                self._enter_closing()
+        elif exc is None and self._state is _CONNECTING and self._response is not None:
+            logger.error("ASGI callable returned without completing handshake.")
+            self._app_failed(1000)
+        elif exc is None and self._state is _OPEN and not self._aborted:
+            self._send_close(1000, "")
+        if self._state is _CONNECTING:  # an unfinished denial response
+            self._enter_closing()
 
     def _app_failed(self, code: int) -> None:
         if self._state is _CONNECTING and self._response is not None:
@@ -394,6 +395,11 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
                 self._compress = extension.local_max_window_bits >= DEFLATE_WINDOW_BITS
         self._state = _OPEN
         self._update_ready()
+        if not conn.reader.buffer:
+            # The handshake parser keeps the Request (headers and all) alive in its frame for the connection's
+            # life; nothing is half-parsed, so start the frame parser afresh and let the request go.
+            conn.parser = Protocol.parse(conn)
+            next(conn.parser)
         self._flush()
         self._schedule_ping()
 
@@ -460,7 +466,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
                 return
         inbox = self._inbox
         if inbox is None:
-            inbox = self._inbox = deque()
+            inbox = self._inbox = []
         inbox.append(event)
         if len(inbox) >= INBOX_HIGH and not self._read_paused and self._state is not _CLOSED:
             self._read_paused = True
@@ -471,24 +477,25 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
             self._disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
             self._post(self._disconnect)
 
-    async def receive(self) -> Message:
-        """ASGI ``receive``: the next event; ``websocket.disconnect`` again if asked after the end."""
+    def receive(self) -> asyncio.Future[Message]:
+        """ASGI ``receive``: the next event; ``websocket.disconnect`` again if asked after the end.
+
+        A plain function returning a future (awaitable), so an idle connection holds no extra coroutine.
+        """
+        future: asyncio.Future[Message] = self._loop.create_future()
         inbox = self._inbox
         if inbox:
-            event = inbox.popleft()
+            future.set_result(inbox.pop(0))
+            if not inbox:
+                self._inbox = None
             if self._read_paused and len(inbox) <= INBOX_LOW and self._state is not _CLOSED:
                 self._read_paused = False
                 self.transport.resume_reading()
-            return event
-        if self._disconnect is not None:
-            return self._disconnect
-        waiter: asyncio.Future[Message] = self._loop.create_future()
-        self._waiter = waiter
-        try:
-            return await waiter
-        finally:
-            if self._waiter is waiter:
-                self._waiter = None
+        elif self._disconnect is not None:
+            future.set_result(self._disconnect)
+        else:
+            self._waiter = future
+        return future
 
     # ---- outbound: ASGI -----------------------------------------------------------------------------------
 
@@ -567,7 +574,11 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
     def try_write(self, frame: Frame) -> bool:
         """Write ``frame``'s prebuilt bytes now if the socket takes them without buffering past the mark."""
         if self._ready:
-            self.transport.write(frame.wire_deflate if self._compress else frame.wire)
+            if self._compress:
+                self.transport.write(frame.wire_deflate)
+            else:
+                # the cached slot first: one attribute read instead of a property call per recipient
+                self.transport.write(frame._wire or frame.wire)
             return True
         return False
 
