@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tidings.broker import MemoryBroker, Publication
+from tidings.broker import BrokerUnavailable, MemoryBroker, Publication
 from tidings.connection import Connection, ConnectionState, UserInfo
 from tidings.hub import Hub
 from tidings.node import Node
@@ -458,3 +458,38 @@ async def test_node_close_closes_every_connection_with_1001(node: Node) -> None:
         await node.connect(ANN, t)
     await node.close()
     assert [t.closed for t in transports] == [(1001, "Server shutting down")] * 3
+
+
+async def test_node_subscription_limit(tmp_path: Any) -> None:
+    settings = Settings(data_dir=tmp_path, secret_key="k" * 32, max_subscriptions=4)
+    async with Node(settings, broker=MemoryBroker()) as node:
+        t = FakeTransport(direct=True)
+        conn = await node.connect(ANN, t)  # broadcast and user:1 count towards the limit
+        for channel in ("room:a", "room:b", "room:c"):
+            await node.handle(conn, json.dumps({"type": "subscribe", "subscription": channel}))
+        replies = [m for m in t.messages if m["type"].startswith("subscription")]
+        assert [m["type"] for m in replies] == ["subscription_confirmed"] * 2 + ["subscription_error"]
+        assert replies[-1]["code"] == "too_many_subscriptions" and replies[-1]["subscription"] == "room:c"
+        assert conn.subscriptions == {"broadcast", "user:1", "room:a", "room:b"}
+
+
+class DownBroker(MemoryBroker):
+    """A broker that lost its connection: publishing fails loudly."""
+
+    async def publish(self, channel: str, body: bytes) -> Publication:
+        raise BrokerUnavailable("down")
+
+
+async def test_node_reports_an_unavailable_broker_to_the_client(tmp_path: Any) -> None:
+    async with Node(Settings(data_dir=tmp_path, secret_key="k" * 32), broker=DownBroker()) as node:
+        t = FakeTransport(direct=True)
+        conn = await node.connect(ANN, t)
+        await node.handle(conn, '{"type": "publish", "channel": "room:a", "data": 1, "id": 9}')
+        assert t.messages[-1] == {
+            "type": "error",
+            "code": "unavailable",
+            "message": "Broker unavailable; try again shortly",
+            "id": 9,
+        }
+        await node.handle(conn, '{"type": "ping"}')
+        assert t.messages[-1]["type"] == "pong"
