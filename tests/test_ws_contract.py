@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -482,14 +483,33 @@ async def test_recovery_from_history(srv: LiveServer) -> None:
         assert reply["epoch"] == epoch
 
 
-async def test_rate_limit_replies_with_errors(srv: LiveServer) -> None:
+async def test_rate_limit_replies_with_errors_then_closes_a_flooder(srv: LiveServer) -> None:
+    ws = await ws_connect(srv.ws_url(), srv.token("ann"))
+    assert (await recv_json(ws))["type"] == "connection_established"
+    for n in range(400):  # the default burst is 100 messages, refilled at 50 per second
+        await ws.send(json.dumps({"type": "ping", "id": n}))
+    replies: list[dict[str, Any]] = []
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            replies.append(await recv_json(ws, timeout=10))
+    assert ws.close_code == 4002 and ws.close_reason == "Rate limit exceeded"
+    pongs = [r for r in replies if r["type"] == "pong"]
+    errors = [r for r in replies if r["type"] == "error"]
+    assert len(pongs) >= 100 and errors
+    assert all(r["code"] == "rate_limited" and isinstance(r["id"], int) for r in errors)
+    assert len(pongs) + len(errors) < 400  # the flood was cut short by the close
+
+
+async def test_rate_limit_errors_without_close_when_the_client_backs_off(srv: LiveServer) -> None:
     async with connected(srv, "ann") as ws:
-        for _ in range(300):  # the default burst is 100 messages, refilled at 50 per second
+        for _ in range(150):
             await ws.send('{"type": "ping"}')
-        replies = [await recv_json(ws) for _ in range(300)]
+        replies = [await recv_json(ws) for _ in range(150)]
         assert {r["type"] for r in replies} == {"pong", "error"}
         assert all(r["code"] == "rate_limited" for r in replies if r["type"] == "error")
-        assert sum(r["type"] == "pong" for r in replies) >= 100
+        await asyncio.sleep(1.0)  # let the bucket refill: the connection is still usable
+        await ws.send('{"type": "ping", "id": "after"}')
+        assert (await recv_until(ws, "pong"))["id"] == "after"
 
 
 # ---- limits --------------------------------------------------------------------------------------------------

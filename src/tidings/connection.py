@@ -72,6 +72,7 @@ class Connection:
         "queue_max",
         "rate",
         "rate_burst",
+        "rate_strikes",
         "state",
         "subscriptions",
         "transport",
@@ -104,6 +105,7 @@ class Connection:
         self._close_task: asyncio.Task[None] | None = None
         self._tokens = float(rate_burst)
         self._tokens_at = self.last_activity
+        self.rate_strikes = 0
         self._on_slow = on_slow
 
     def __repr__(self) -> str:
@@ -163,8 +165,10 @@ class Connection:
         self._tokens = min(float(self.rate_burst), self._tokens + (now - self._tokens_at) * self.rate)
         self._tokens_at = now
         if self._tokens < 1.0:
+            self.rate_strikes += 1
             return False
         self._tokens -= 1.0
+        self.rate_strikes = 0
         return True
 
     def close(self, code: int, reason: str) -> None:

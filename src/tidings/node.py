@@ -135,7 +135,7 @@ class Node:
         """Publish a typed event (its own ``type``) on one or more channels; adds ``channel`` to each copy."""
         if isinstance(channels, str):
             channels = (channels,)
-        event.setdefault("timestamp", time.time())
+        event = {"timestamp": time.time(), **event}
         return [await self.broker.publish(ch, encode({**event, "channel": ch})) for ch in channels]
 
     async def broadcast(self, message: str, category: str = "general", start_time: str | None = None) -> Publication:
@@ -283,23 +283,35 @@ class Node:
     async def handle(self, conn: Connection, text: str) -> None:
         """Serve one inbound text frame; every problem becomes an error reply, never an exception."""
         self.messages_received += 1
-        if not conn.allow_message():
-            conn.send(error_message(ErrorCode.RATE_LIMITED, "Too many messages; slow down"))
-            return
-        msg_id = None
         try:
             msg = parse_client_message(text)
-            msg_id = msg.id
+        except ProtocolError as exc:
+            if conn.allow_message():
+                conn.send(error_message(exc.code, exc.message, exc.msg_id))
+            else:
+                self._rate_limited(conn, exc.msg_id)
+            return
+        if not conn.allow_message():
+            self._rate_limited(conn, msg.id)
+            return
+        try:
             await self._dispatch(conn, msg)
             return
         except ProtocolError as exc:
             reply = error_message(exc.code, exc.message, exc.msg_id)
         except BrokerUnavailable:
-            reply = error_message(ErrorCode.UNAVAILABLE, "Broker unavailable; try again shortly", msg_id)
+            reply = error_message(ErrorCode.UNAVAILABLE, "Broker unavailable; try again shortly", msg.id)
         except Exception:
             logger.exception("error serving a message from %s", conn)
-            reply = error_message(ErrorCode.BAD_REQUEST, "Internal error serving this message", msg_id)
+            reply = error_message(ErrorCode.BAD_REQUEST, "Internal error serving this message", msg.id)
         conn.send(reply)
+
+    def _rate_limited(self, conn: Connection, msg_id: Any) -> None:
+        """Refuse one message over the rate limit; close with 4002 a client that keeps flooding."""
+        if conn.rate_strikes > conn.rate_burst:
+            conn.close(CloseCode.RATE_LIMITED, "Rate limit exceeded")
+            return
+        conn.send(error_message(ErrorCode.RATE_LIMITED, "Too many messages; slow down", msg_id))
 
     async def _dispatch(self, conn: Connection, msg: ClientMessage) -> None:
         reply: dict[str, Any]
