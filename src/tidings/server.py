@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import cProfile
 import importlib
 import logging
+import os
 import socket
 from typing import Any
 
@@ -102,5 +104,15 @@ def serve(app: FastAPI, settings: Settings, host: str = "127.0.0.1", port: int =
     """Run ``app`` until SIGINT/SIGTERM."""
     install_redaction()
     # uvicorn re-raises the signal it caught once shut down: Ctrl-C surfaces as KeyboardInterrupt (as in uvicorn.run)
-    with contextlib.suppress(KeyboardInterrupt):
-        TidingsServer(uvicorn_config(app, settings, host, port)).run()
+    server = TidingsServer(uvicorn_config(app, settings, host, port))
+    profile_path = os.environ.get("TIDINGS_PROFILE")  # a diagnostics hook: cProfile the server, stats dumped here
+    profiler = cProfile.Profile() if profile_path else None
+    if profiler is not None:
+        profiler.enable()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+    finally:
+        if profiler is not None and profile_path:
+            profiler.disable()
+            profiler.dump_stats(profile_path)
