@@ -58,9 +58,20 @@ const phase = {
 };
 let otherMessages = 0;
 
+// The non-negative integer after `key` (-1 when absent): digits read in place, no string made.
+function intAt(buf, key) {
+  const k = buf.indexOf(key);
+  if (k < 0) return -1;
+  let i = k + key.length;
+  while (i < buf.length && (buf[i] === 58 || buf[i] === 32)) i++;
+  let v = 0;
+  for (let c = buf[i]; c >= 48 && c <= 57; c = buf[++i]) v = v * 10 + (c - 48);
+  return v;
+}
+
 function onBench(client, buf) {
-  const seq = numAt(buf, KEY_SEQ);
-  if (Number.isNaN(seq)) { otherMessages++; return; }
+  const seq = intAt(buf, KEY_SEQ);
+  if (seq < 0) { otherMessages++; return; }
   if (seq < phase.seq0 || seq >= phase.seq1) return; // late or stray
   if (seq <= client.last) phase.disorder++;
   client.last = seq;
