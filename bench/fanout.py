@@ -379,7 +379,7 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
         snap2 = CpuSnapshot.take(server.pid, ours, cores)
         client.next()
         client.expect("done", 30)
-    except RunError as exc:
+    except RuntimeError as exc:  # RunError, and an adapter's set-up failing
         logs = f"--- server log ---\n{tail(server_log)}\n--- client log ---\n{tail(client_log)}"
         raise RunError(f"{exc}\n{logs}") from None
     finally:
@@ -390,8 +390,8 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
             shutil.rmtree(workdir, ignore_errors=True)
 
     received = int(thr["received"])
-    if received == 0:
-        raise RunError(f"no deliveries in the throughput phase: {thr.get('first_error')}")
+    if received == 0 or not lat["samples"]:
+        raise RunError(f"no deliveries in the latency or throughput phase: {thr.get('first_error')}")
     server_s = snap1.server_seconds_until(snap2)
     elapsed = float(thr["elapsed_s"])
     return RunResult(
@@ -812,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"fanout: {label} ...", end=" ", flush=True)
                 try:
                     r = measured_run(name, n, run, opt, node)
-                except (RunError, OSError, subprocess.SubprocessError) as exc:
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     print("FAILED")
                     print("  " + str(exc).replace("\n", "\n  "), flush=True)
                     failures.append(f"{label}: {str(exc).splitlines()[0]}")
