@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -25,6 +26,9 @@ logger = logging.getLogger("tidings.server")
 class TidingsServer(uvicorn.Server):
     """A uvicorn server that closes WebSocket clients with 1001 (going away) before its own shutdown."""
 
+    #: Called once the shutdown is complete (the profiling hook of :func:`serve` uses it).
+    after_shutdown: Callable[[], object] | None = None
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop listening, close every hub connection with 1001, then let uvicorn finish."""
         for server in self.servers:
@@ -41,6 +45,8 @@ class TidingsServer(uvicorn.Server):
             except Exception:
                 logger.exception("closing connections on shutdown failed")
         await super().shutdown(sockets)
+        if self.after_shutdown is not None:
+            self.after_shutdown()
 
 
 class WebSocketFastLane:
@@ -103,16 +109,18 @@ def uvicorn_config(app: FastAPI, settings: Settings, host: str, port: int, **ext
 def serve(app: FastAPI, settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run ``app`` until SIGINT/SIGTERM."""
     install_redaction()
-    # uvicorn re-raises the signal it caught once shut down: Ctrl-C surfaces as KeyboardInterrupt (as in uvicorn.run)
     server = TidingsServer(uvicorn_config(app, settings, host, port))
     profile_path = os.environ.get("TIDINGS_PROFILE")  # a diagnostics hook: cProfile the server, stats dumped here
-    profiler = cProfile.Profile() if profile_path else None
-    if profiler is not None:
-        profiler.enable()
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            server.run()
-    finally:
-        if profiler is not None and profile_path:
+    if profile_path:
+        profiler = cProfile.Profile()
+        # dumped at the end of the graceful shutdown: uvicorn re-raises SIGTERM afterwards, ending the process
+
+        def dump() -> None:
             profiler.disable()
             profiler.dump_stats(profile_path)
+
+        server.after_shutdown = dump
+        profiler.enable()
+    # uvicorn re-raises the signal it caught once shut down: Ctrl-C surfaces as KeyboardInterrupt (as in uvicorn.run)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
