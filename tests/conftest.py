@@ -63,7 +63,7 @@ class LiveServer:
     def database_url(self) -> str:
         return self.env.get("TIDINGS_DATABASE_URL") or f"sqlite+aiosqlite:///{(self.data_dir / 'tidings.db').resolve()}"
 
-    def start(self, timeout: float = 30.0) -> LiveServer:
+    def start(self, timeout: float = 120.0) -> LiveServer:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tidings", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
