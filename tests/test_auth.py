@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import json
@@ -16,6 +17,7 @@ from sqlalchemy import update
 
 from tests.conftest import LiveServer, _run_in_thread, connected, expect_close, recv_json, ws_connect
 from tidings.auth import (
+    MAX_USER_CACHE_TTL,
     AuthError,
     TokenAuthenticator,
     create_access_token,
@@ -144,6 +146,38 @@ async def test_token_authenticator_looks_up_active_users() -> None:
         await auth.authenticate(create_access_token("zed", SECRET, 60))
     with pytest.raises(AuthError, match="Invalid token"):
         await auth.authenticate(create_access_token("ann", "other" * 10, 60))
+
+
+async def test_token_authenticator_user_cache_is_short_and_checks_every_token() -> None:
+    users = {"ann": UserInfo(1, "ann")}
+    calls: list[str] = []
+
+    async def lookup(name: str) -> UserInfo | None:
+        calls.append(name)
+        return users.get(name)
+
+    auth = TokenAuthenticator(SECRET, lookup, cache_ttl=60)  # clamped to MAX_USER_CACHE_TTL
+    assert auth._ttl == MAX_USER_CACHE_TTL <= 2.0
+    auth._ttl = 0.2
+    token = create_access_token("ann", SECRET, 60)
+    await auth.authenticate_request(token)
+    await auth.authenticate_request(token)
+    assert calls == ["ann"]  # the second request reused the lookup
+    with pytest.raises(AuthError, match="Invalid token"):  # signature still checked on a cache hit
+        await auth.authenticate_request(create_access_token("ann", "other" * 10, 60))
+    with pytest.raises(AuthError, match="Token expired"):  # and expiry
+        await auth.authenticate_request(create_access_token("ann", SECRET, -5))
+    await auth.authenticate(token)  # connections always look the user up
+    assert calls == ["ann", "ann"]
+    del users["ann"]  # deactivated
+    with pytest.raises(AuthError, match="User not found or inactive"):  # at once for a connection
+        await auth.authenticate(token)
+    await asyncio.sleep(0.25)
+    with pytest.raises(AuthError, match="User not found or inactive"):
+        await auth.authenticate_request(token)
+    with pytest.raises(AuthError, match="User not found or inactive"):  # misses are not cached
+        await auth.authenticate_request(token)
+    assert calls == ["ann", "ann", "ann", "ann", "ann"]
 
 
 # ---- live: the token endpoint and refusals -------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pwdlib import PasswordHash
 from tidings.connection import UserInfo
 
 __all__ = [
+    "MAX_USER_CACHE_TTL",
     "AuthError",
     "Authenticator",
     "TokenAuthenticator",
@@ -86,17 +87,52 @@ class Authenticator(Protocol):
 UserLookup = Callable[[str], Awaitable[UserInfo | None]]
 
 
-class TokenAuthenticator:
-    """Verifies Tidings JWTs and looks the user up (active users only) with ``lookup``."""
+#: Longest time a looked-up user may be reused: a deactivation or role change takes effect within it.
+MAX_USER_CACHE_TTL = 2.0
+_USER_CACHE_MAX = 1024
 
-    def __init__(self, secret: str, lookup: UserLookup) -> None:
+
+class TokenAuthenticator:
+    """Verifies Tidings JWTs and looks the user up (active users only) with ``lookup``.
+
+    :meth:`authenticate` (WebSocket connections) asks ``lookup`` every time, so a deactivation takes effect on the
+    next connection. :meth:`authenticate_request` (bearer-token HTTP requests) may reuse an active user found by
+    ``lookup`` for ``cache_ttl`` seconds (at most :data:`MAX_USER_CACHE_TTL`), so a client making many requests
+    (``POST /api/publish`` in a loop) does not cost a database query each. Both check every token's signature and
+    expiry on every call; users not found are never cached.
+    """
+
+    def __init__(self, secret: str, lookup: UserLookup, *, cache_ttl: float = 0.0) -> None:
         self._secret = secret
         self._lookup = lookup
+        self._ttl = max(0.0, min(cache_ttl, MAX_USER_CACHE_TTL))
+        self._cache: dict[str, tuple[UserInfo, float]] = {}
 
     async def authenticate(self, token: str) -> tuple[UserInfo, float]:
         """Verify the token, then find the active user it names."""
         verified = decode_access_token(token, self._secret)
-        user = await self._lookup(verified.username)
-        if user is None:
-            raise AuthError("User not found or inactive")
+        return await self._find(verified.username), verified.expires_at
+
+    async def authenticate_request(self, token: str) -> tuple[UserInfo, float]:
+        """:meth:`authenticate` for HTTP requests: the user may come from the short cache."""
+        verified = decode_access_token(token, self._secret)
+        name = verified.username
+        if self._ttl:
+            hit = self._cache.get(name)
+            if hit is not None and hit[1] > time.monotonic():
+                return hit[0], verified.expires_at
+        user = await self._find(name)
+        if self._ttl:
+            if len(self._cache) >= _USER_CACHE_MAX:
+                self._cache.clear()
+            self._cache[name] = (user, time.monotonic() + self._ttl)
         return user, verified.expires_at
+
+    async def _find(self, name: str) -> UserInfo:
+        user = await self._lookup(name)
+        if user is None:
+            self._cache.pop(name, None)
+            raise AuthError("User not found or inactive")
+        if self._ttl and name in self._cache:
+            self._cache[name] = (user, time.monotonic() + self._ttl)  # a fresh lookup refreshes the cache
+        return user

@@ -38,6 +38,11 @@ __all__ = ["Tidings"]
 logger = logging.getLogger("tidings")
 
 
+#: Seconds a token-authenticated user is reused before the database is asked again (deactivation takes effect
+#: within it); the signature and expiry of every token are still checked on every request.
+USER_CACHE_TTL = 1.0
+
+
 class Tidings:
     """Everything the hub needs, wired together; ``router`` and ``lifespan`` plug into any FastAPI app."""
 
@@ -47,7 +52,9 @@ class Tidings:
         self.node = Node(
             self.settings,
             broker=broker,
-            authenticator=TokenAuthenticator(self.settings.resolved_secret_key, self.db.active_user),
+            authenticator=TokenAuthenticator(
+                self.settings.resolved_secret_key, self.db.active_user, cache_ttl=USER_CACHE_TTL
+            ),
         )
         self.router = self._build_router()
         self.admin_password: str | None = None

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from starlette.routing import WebSocketRoute
 
+from tidings.connection import Connection
 from tidings.node import ConnectionRejected, Node
 from tidings.protocol import CloseCode, ErrorCode, Frame, error_message
 from tidings.transport import ASGITransport, Transport
@@ -77,17 +78,6 @@ class WebSocketEndpoint:
         self.match_path_user = match_path_user
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        node = self.node
-        headers = _headers(scope)
-        token, subprotocol = extract_token(scope, headers)
-        accept: dict[str, Any] = {"type": "websocket.accept"}
-        if subprotocol:
-            accept["subprotocol"] = subprotocol
-        await send(accept)
-        factory = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
         serving = asyncio.current_task()
         aborted = False
 
@@ -97,18 +87,10 @@ class WebSocketEndpoint:
                 aborted = True
                 serving.cancel()
 
-        transport: Transport = factory() if factory is not None else ASGITransport(send, on_abort=abort)
-        try:
-            if not origin_allowed(headers.get("origin"), headers, node.settings.allowed_origins, scope["scheme"]):
-                raise node.reject("Origin not allowed")
-            if not node.running:
-                raise ConnectionRejected(CloseCode.GOING_AWAY, "Server shutting down")
-            user, expires_at = await node.authenticate(token)
-            if self.match_path_user and str(scope.get("path_params", {}).get("user_id")) != str(user.id):
-                raise node.reject("User id mismatch")
-            conn = await node.connect(user, transport, expires_at)
-        except ConnectionRejected as exc:
-            await send({"type": "websocket.close", "code": exc.code, "reason": exc.reason})
+        # the handshake's locals (headers, token, the accept message) live in _open's frame, gone once it returns:
+        # this coroutine's frame stays for the life of the connection
+        conn = await self._open(scope, receive, send, abort)
+        if conn is None:
             return
         try:
             await self._serve(conn, receive)
@@ -118,7 +100,34 @@ class WebSocketEndpoint:
             serving.uncancel()
         finally:
             aborted = True  # from here on an abort must not interrupt the cleanup
-            await node.disconnect(conn)
+            await self.node.disconnect(conn)
+
+    async def _open(self, scope: Scope, receive: Receive, send: Send, abort: Callable[[], None]) -> Connection | None:
+        """Accept, authenticate and register the connection; None if it was refused (and closed)."""
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return None
+        node = self.node
+        headers = _headers(scope)
+        token, subprotocol = extract_token(scope, headers)
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if subprotocol:
+            accept["subprotocol"] = subprotocol
+        await send(accept)
+        factory = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+        transport: Transport = factory() if factory is not None else ASGITransport(send, on_abort=abort)
+        try:
+            if not origin_allowed(headers.get("origin"), headers, node.settings.allowed_origins, scope["scheme"]):
+                raise node.reject("Origin not allowed")
+            if not node.running:
+                raise ConnectionRejected(CloseCode.GOING_AWAY, "Server shutting down")
+            user, expires_at = await node.authenticate(token)
+            if self.match_path_user and str(scope.get("path_params", {}).get("user_id")) != str(user.id):
+                raise node.reject("User id mismatch")
+            return await node.connect(user, transport, expires_at)
+        except ConnectionRejected as exc:
+            await send({"type": "websocket.close", "code": exc.code, "reason": exc.reason})
+            return None
 
     async def _serve(self, conn: Any, receive: Receive) -> None:
         node = self.node
