@@ -325,7 +325,8 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
     spec: ServerSpec = ADAPTERS[name](port, workdir)
     server_log, client_log = workdir / "server.log", workdir / "client.log"
     nofile = nofile_for(n)
-    env = {**os.environ, **spec.env, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))}
+    pythonpath = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))
+    env = {**os.environ, **spec.env, "PYTHONPATH": pythonpath}
     with server_log.open("wb") as slog:
         server = subprocess.Popen(
             [*niced(opt.nice), "taskset", "-c", str(opt.server_core), *spec.argv],
