@@ -40,7 +40,7 @@ logger = logging.getLogger("tidings")
 
 #: Seconds a token-authenticated user is reused before the database is asked again (deactivation takes effect
 #: within it); the signature and expiry of every token are still checked on every request.
-USER_CACHE_TTL = 1.0
+USER_CACHE_TTL = 0.0  # off: role changes and deactivations take effect on the next request
 
 
 class Tidings:
