@@ -19,7 +19,7 @@ from typing import Any
 from tidings.protocol import CloseCode, Frame
 from tidings.transport import Transport
 
-__all__ = ["Connection", "ConnectionState", "InvalidState", "UserInfo"]
+__all__ = ["Connection", "ConnectionState", "UserInfo"]
 
 logger = logging.getLogger("tidings.connection")
 _ids = itertools.count(1)
@@ -49,10 +49,6 @@ class ConnectionState(Enum):
     OPEN = 1
     CLOSING = 2
     CLOSED = 3
-
-
-class InvalidState(Exception):
-    """An operation that needs another connection state."""
 
 
 class Connection:
