@@ -128,8 +128,30 @@ def tidings(port: int, workdir: Path) -> ServerSpec:
     )
 
 
+def tidings_variant(name: str, extra_env: dict[str, str], note: str) -> Callable[[int, Path], ServerSpec]:
+    """:func:`tidings` with settings changed through the environment (a row of its own in the report)."""
+
+    def adapter(port: int, workdir: Path) -> ServerSpec:
+        spec = tidings(port, workdir)
+        spec.env.update(extra_env)
+        spec.note = f"{spec.note}; {note}"
+        return spec
+
+    adapter.__name__ = name
+    return adapter
+
+
+#: The write delay of the ``tidings-wd`` row (seconds).
+BENCH_WRITE_DELAY = "0.005"
+
 ADAPTERS: dict[str, Callable[[int, Path], ServerSpec]] = {
     "tidings": tidings,
+    "tidings-wd": tidings_variant(
+        "tidings_wd", {"TIDINGS_WRITE_DELAY": BENCH_WRITE_DELAY}, f"TIDINGS_WRITE_DELAY={BENCH_WRITE_DELAY}"
+    ),
+    "tidings-asgi": tidings_variant(
+        "tidings_asgi", {"TIDINGS_FAST_TRANSPORT": "false"}, "TIDINGS_FAST_TRANSPORT=false (uvicorn's ws, ASGI send)"
+    ),
     "naive": naive,
     "websockets": websockets_broadcast,
 }

@@ -80,6 +80,20 @@ async def contract_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         }
         assert transport.try_write(Frame.of(info))
         await transport.send([Frame.of({"n": i}) for i in range(3)])
+    elif path in ("/burst", "/passes"):
+        # raw frames, then an ASGI message and a close: counts the socket's write() calls meanwhile
+        proto = scope["extensions"][TRANSPORT_EXTENSION]()
+        counting = proto.transport = _CountingTransport(proto.transport)
+        for i in range(10):
+            assert proto.try_write(Frame.of({"n": i}))
+            if path == "/passes":
+                await asyncio.sleep(0)  # one frame per loop pass
+        await send({"type": "websocket.send", "text": json.dumps({"n": 10})})
+        await asyncio.sleep(0.2)
+        assert proto.try_write(Frame.of({"writes": counting.writes}))
+        await asyncio.sleep(0.2)
+        await send({"type": "websocket.close", "code": 1000})
+        return
     elif path == "/close":
         await send({"type": "websocket.close", "code": 4321, "reason": "bye"})
         assert (await receive())["type"] == "websocket.disconnect"
@@ -94,6 +108,21 @@ async def contract_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "websocket.send", "text": message["text"]})
         else:
             await send({"type": "websocket.send", "bytes": message["bytes"]})
+
+
+class _CountingTransport:
+    """The socket's transport, counting ``write()`` calls (the test app installs it on the protocol)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def _free_port() -> int:
@@ -143,6 +172,33 @@ async def test_scope_offers_the_raw_transport(app_url: str) -> None:
         info = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert info == {"extension": True, "path": "/scope", "query": "a=1", "header": "hi"}
         assert [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(3)] == [{"n": i} for i in range(3)]
+
+
+async def _burst(url: str) -> int:
+    """Frames 0-10 in order, then the number of socket writes the server made for them; a clean close."""
+    async with websockets.connect(url) as ws:
+        assert [json.loads(await asyncio.wait_for(ws.recv(), 10))["n"] for _ in range(11)] == list(range(11))
+        writes = int(json.loads(await asyncio.wait_for(ws.recv(), 10))["writes"])
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == 1000
+        return writes
+
+
+async def test_frames_of_one_loop_pass_share_one_write(app_url: str) -> None:
+    # ten fan-out frames taken in one pass: one write(); the ASGI message after them: a second one, in order
+    assert await _burst(f"{app_url}/burst") == 2
+
+
+async def test_without_write_delay_each_pass_is_written_at_once(app_url: str) -> None:
+    assert await _burst(f"{app_url}/passes") == 11
+
+
+async def test_write_delay_coalesces_frames_across_passes_while_busy() -> None:
+    with contract_server("--write-delay", "0.05") as (url, _):
+        # the first frame goes out at once (the node was idle), the next nine wait for the window: then the ASGI
+        # message flushes them (order kept) and goes out itself
+        assert await _burst(f"{url}/passes") == 3
 
 
 async def test_text_and_bytes_round_trip(app_url: str) -> None:
@@ -421,12 +477,13 @@ def main() -> None:
     parser.add_argument("--ping-interval", type=float, default=20.0)
     parser.add_argument("--ping-timeout", type=float, default=20.0)
     parser.add_argument("--max-size", type=int, default=2**20)
+    parser.add_argument("--write-delay", type=float, default=0.0)
     args = parser.parse_args()
     uvicorn.run(
         contract_app,
         host="127.0.0.1",
         port=args.port,
-        ws=TidingsWebSocketProtocol,
+        ws=TidingsWebSocketProtocol.configured(write_delay=args.write_delay),
         ws_ping_interval=args.ping_interval,
         ws_ping_timeout=args.ping_timeout,
         ws_max_size=args.max_size,

@@ -36,6 +36,7 @@ import email.utils
 import logging
 import os
 import struct
+import weakref
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from enum import Enum
@@ -73,6 +74,8 @@ ABORT_GRACE = 5.0
 INBOX_HIGH = 16
 #: Buffered inbound events under which reading resumes.
 INBOX_LOW = 4
+#: Frames a socket may hold for its next coalesced write; past that, the connection's own queue takes them.
+PENDING_MAX = 64
 
 logger = logging.getLogger("uvicorn.error")
 #: The sans-I/O protocol logs every open and close at INFO; keep that out of the server log unless asked for.
@@ -150,12 +153,79 @@ class _ServerProtocol(ServerProtocol):
         super().recv_frame(frame)
 
 
+class WriteBatcher:
+    """Coalesces fan-out writes: every socket that got frames since the last flush gets them in one ``write()``.
+
+    One per event loop and write delay. :meth:`TidingsWebSocketProtocol.try_write` parks a frame on its socket and
+    registers the socket here; the flush runs once per loop pass (``call_soon``), so frames reaching one socket in
+    the same pass share a system call. With ``delay`` > 0 the window adapts to load: when the previous flush was
+    less than ``delay`` seconds ago (publications arriving back to back) the next one waits until ``delay`` after
+    it, so a busy node makes fewer, larger writes; an idle node (no flush within ``delay``) flushes in the next
+    pass, without waiting. A run of sockets waiting for the same frames gets the same joined ``bytes`` (built once
+    per flush).
+    """
+
+    __slots__ = ("__weakref__", "_dirty", "_last", "_loop", "_scheduled", "delay")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float = 0.0) -> None:
+        self._loop = loop
+        self.delay = delay
+        self._dirty: list[TidingsWebSocketProtocol] = []
+        self._scheduled = False
+        self._last = -1e9  # loop time of the last flush
+
+    def add(self, proto: TidingsWebSocketProtocol) -> None:
+        """``proto`` has its first pending frame: flush it with the others."""
+        self._dirty.append(proto)
+        if not self._scheduled:
+            self._scheduled = True
+            delay = self.delay
+            if delay > 0:
+                due = self._last + delay
+                if due > self._loop.time():  # busy: the last flush was moments ago
+                    self._loop.call_at(due, self.flush)
+                    return
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every registered socket's pending frames (one ``write()`` each)."""
+        self._scheduled = False
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        self._last = self._loop.time()
+        joined: dict[tuple[object, ...], bytes] = {}
+        for proto in dirty:
+            proto._write_pending(joined)
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, WriteBatcher]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def batcher_for(loop: asyncio.AbstractEventLoop, delay: float) -> WriteBatcher:
+    """The loop's :class:`WriteBatcher` for ``delay`` (created on first use)."""
+    by_delay = _batchers.get(loop)
+    if by_delay is None:
+        by_delay = _batchers[loop] = {}
+    batcher = by_delay.get(delay)
+    if batcher is None:
+        batcher = by_delay[delay] = WriteBatcher(loop, delay)
+    return batcher
+
+
 class TidingsWebSocketProtocol(asyncio.Protocol):
     """One WebSocket connection under uvicorn; also this socket's raw :class:`tidings.transport.Transport`."""
+
+    #: Seconds a busy node may hold fan-out frames to coalesce writes (see :class:`WriteBatcher`); 0: one loop pass.
+    write_delay: float = 0.0
 
     __slots__ = (
         "_aborted",
         "_app",
+        "_batcher",
         "_compress",
         "_decoder",
         "_disconnect",
@@ -164,6 +234,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         "_loop",
         "_parts",
         "_paused",
+        "_pending",
         "_ping_payload",
         "_read_paused",
         "_ready",
@@ -222,6 +293,18 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         self._ping_payload: bytes | None = None
         self._parts: list[Any] | None = None  # fragments of a message being received
         self._decoder: codecs.IncrementalDecoder | None = None
+        self._pending: list[Frame] | None = None  # fan-out frames for the next coalesced write
+        self._batcher = batcher_for(self._loop, self.write_delay)
+
+    @classmethod
+    def configured(cls, *, write_delay: float = 0.0) -> type[TidingsWebSocketProtocol]:
+        """This protocol class with Tidings' transport settings (uvicorn instantiates the class it is given)."""
+        if write_delay == cls.write_delay:
+            return cls
+        return cast(
+            "type[TidingsWebSocketProtocol]",
+            type(cls.__name__, (cls,), {"__slots__": (), "write_delay": write_delay, "__module__": cls.__module__}),
+        )
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------------------
 
@@ -237,6 +320,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         state = self._state
         self._state = _CLOSED
         self._ready = False
+        self._pending = None
         self._cancel_timer()
         drain = self._drain
         if drain is not None and not drain.done():
@@ -561,6 +645,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
             await self._wait_drain()
         if self._state is not _OPEN or self._aborted:
             raise ClientDisconnected()
+        self._write_pending_now()
         self.transport.write(data)
 
     async def _wait_drain(self) -> None:
@@ -572,20 +657,54 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
     # ---- outbound: the raw Transport ---------------------------------------------------------------------
 
     def try_write(self, frame: Frame) -> bool:
-        """Write ``frame``'s prebuilt bytes now if the socket takes them without buffering past the mark."""
+        """Take ``frame`` for this socket's next coalesced write if the socket can take it without buffering
+        past its mark; False: the connection queues it (and :meth:`send` writes it later, in order)."""
         if self._ready:
-            if self._compress:
-                self.transport.write(frame.wire_deflate)
+            pending = self._pending
+            if pending is None:
+                self._pending = [frame]
+                self._batcher.add(self)
+            elif len(pending) < PENDING_MAX:
+                pending.append(frame)
             else:
-                # the cached slot first: one attribute read instead of a property call per recipient
-                self.transport.write(frame._wire or frame.wire)
+                return False
             return True
         return False
+
+    def _write_pending(self, joined: dict[tuple[object, ...], bytes]) -> None:
+        """Write the frames :meth:`try_write` took, as one ``transport.write``; ``joined`` caches the bytes of
+        frame runs already joined for other sockets in this flush."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        if self._state is _CLOSED or self._aborted or self.transport.is_closing():
+            return
+        if len(pending) == 1:
+            frame = pending[0]
+            # the cached slot first: one attribute read instead of a property call per recipient
+            self.transport.write(frame.wire_deflate if self._compress else (frame._wire or frame.wire))
+            return
+        # compressing and plain sockets never share a run: a compressing socket's key starts with True
+        key: tuple[object, ...] = (True, *pending) if self._compress else tuple(pending)
+        data = joined.get(key)
+        if data is None:
+            if self._compress:
+                data = joined[key] = b"".join([frame.wire_deflate for frame in pending])
+            else:
+                data = joined[key] = b"".join([frame.wire for frame in pending])
+        self.transport.write(data)
+
+    def _write_pending_now(self) -> None:
+        """Write frames taken by :meth:`try_write` ahead of anything else about to be written (order)."""
+        if self._pending is not None:
+            self._write_pending({})
 
     async def send(self, frames: Sequence[Frame]) -> None:
         """Write queued frames as one ``transport.write``, after the buffer has drained; in order with try_write."""
         self._sending = True
         self._ready = False
+        self._write_pending_now()  # frames taken earlier go first
         try:
             while self._paused and self._state is _OPEN and not self._aborted:
                 await self._wait_drain()
@@ -616,6 +735,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         dropped.
         """
         self._ready = False
+        self._pending = None
         state = self._state
         if state is _CLOSED or self.transport is None:
             return
@@ -661,6 +781,7 @@ class TidingsWebSocketProtocol(asyncio.Protocol):
         writes = self.conn.data_to_send()
         if not writes:
             return
+        self._write_pending_now()
         transport = self.transport
         if not transport.is_closing():
             data = b"".join(writes)

@@ -102,7 +102,8 @@ def uvicorn_config(app: FastAPI, settings: Settings, host: str, port: int, **ext
     ws: str | type = "auto"
     if settings.fast_transport:
         try:
-            ws = importlib.import_module("tidings.fastws").TidingsWebSocketProtocol
+            protocol = importlib.import_module("tidings.fastws").TidingsWebSocketProtocol
+            ws = protocol.configured(write_delay=settings.write_delay)
         except ImportError:
             ws = "auto"
     return uvicorn.Config(

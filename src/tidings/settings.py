@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     presence_ttl: int = Field(30, ge=3, description="Seconds before a dead node's presence entries expire.")
     per_message_deflate: bool = Field(False, description="Negotiate permessage-deflate compression.")
     fast_transport: bool = Field(True, description="Use Tidings' own uvicorn WebSocket protocol for fan-out.")
+    write_delay: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Fast transport: seconds a busy node may hold fan-out frames to coalesce writes per socket "
+        "(0: frames of one loop pass share a write; an idle node never waits).",
+    )
     job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
     admin_username: str = Field("admin", description="Account created on first start with an empty database.")
     log_level: str = Field("info", description="Log level of the tidings command.")
