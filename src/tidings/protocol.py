@@ -7,17 +7,26 @@ dicts in, JSON bytes out. ``docs/protocol.md`` is the reference for every messag
 from __future__ import annotations
 
 import re
-import threading
 import time
-import zlib
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
 
+# framing and deflate live with the transport; re-exported here under their old names
+from tidings.transport.frames import (
+    DEFLATE_MIN_BYTES,
+    DEFLATE_WINDOW_BITS,
+    Frame,
+    deflate_message,
+    ws_text_frame,
+)
+
 __all__ = [
     "CHANNEL_RE",
+    "DEFLATE_MIN_BYTES",
+    "DEFLATE_WINDOW_BITS",
     "ClientMessage",
     "CloseCode",
     "ErrorCode",
@@ -161,97 +170,8 @@ def now() -> float:
     return time.time()
 
 
-class Frame:
-    """One outbound message, encoded once and shared by every recipient.
-
-    ``payload`` is the JSON text as UTF-8 bytes. ``text`` (for ASGI servers) and ``wire`` (the complete unmasked
-    WebSocket text frame, for transports that write raw bytes) are computed on first use and cached, so a
-    publication to many sockets is encoded and framed once.
-    """
-
-    __slots__ = ("_text", "_wire", "_wire_deflate", "payload")
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self._text: str | None = None
-        self._wire: bytes | None = None
-        self._wire_deflate: bytes | None = None
-
-    @classmethod
-    def of(cls, obj: dict[str, Any]) -> Frame:
-        """Encode a message dict into a frame."""
-        return cls(orjson.dumps(obj))
-
-    @property
-    def text(self) -> str:
-        """The payload as ``str`` (decoded once)."""
-        if self._text is None:
-            self._text = self.payload.decode()
-        return self._text
-
-    @property
-    def wire(self) -> bytes:
-        """The payload as one complete, unmasked, uncompressed WebSocket text frame (built once)."""
-        if self._wire is None:
-            self._wire = ws_text_frame(self.payload)
-        return self._wire
-
-    @property
-    def wire_deflate(self) -> bytes:
-        """The frame for a permessage-deflate connection (negotiated with ``server_no_context_takeover``).
-
-        Compressed once (RSV1 set) and shared by every compressing recipient; ``wire`` itself when compressing
-        does not pay (short payloads), which RFC 7692 allows message by message.
-        """
-        if self._wire_deflate is None:
-            compressed = deflate_message(self.payload)
-            self._wire_deflate = self.wire if compressed is None else ws_text_frame(compressed, compressed=True)
-        return self._wire_deflate
-
-
 def with_position(body: bytes, offset: int, epoch: str) -> bytes:
     """Append ``offset`` and ``epoch`` to an encoded JSON object without decoding it again."""
     head = body.rstrip()[:-1].rstrip()
     sep = b"" if head.endswith(b"{") else b","
     return b'%s%s"offset":%d,"epoch":"%s"}' % (head, sep, offset, epoch.encode())
-
-
-def ws_text_frame(payload: bytes, *, compressed: bool = False) -> bytes:
-    """Frame ``payload`` as a final, unmasked WebSocket text frame (RFC 6455 section 5.2).
-
-    ``compressed`` sets RSV1: the payload is a permessage-deflate message (RFC 7692).
-    """
-    first = 0xC1 if compressed else 0x81
-    length = len(payload)
-    if length < 126:
-        header = bytes((first, length))
-    elif length < 65536:
-        header = bytes((first, 126)) + length.to_bytes(2, "big")
-    else:
-        header = bytes((first, 127)) + length.to_bytes(8, "big")
-    return header + payload
-
-
-#: Payloads shorter than this are sent uncompressed even on permessage-deflate connections.
-DEFLATE_MIN_BYTES = 96
-#: LZ77 window of the shared compressor; connections that negotiated a smaller ``server_max_window_bits`` get
-#: uncompressed frames.
-DEFLATE_WINDOW_BITS = 15
-
-_deflate_lock = threading.Lock()
-_deflater = zlib.compressobj(6, zlib.DEFLATED, -DEFLATE_WINDOW_BITS, 8)
-
-
-def deflate_message(payload: bytes) -> bytes | None:
-    """Compress one message for permessage-deflate without context takeover; None if that would not shrink it.
-
-    One process-wide compressor is reused: a full flush after each message resets its dictionary, so every
-    message decompresses on its own (what ``server_no_context_takeover`` promises the client).
-    """
-    if len(payload) < DEFLATE_MIN_BYTES:
-        return None
-    with _deflate_lock:
-        data = _deflater.compress(payload) + _deflater.flush(zlib.Z_FULL_FLUSH)
-    if data.endswith(b"\x00\x00\xff\xff"):
-        data = data[:-4]
-    return data if len(data) < len(payload) else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from tidings.protocol import Frame
+from tidings.transport.frames import Frame
 
 __all__ = ["ASGITransport", "Transport"]
 

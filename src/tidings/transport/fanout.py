@@ -1,0 +1,201 @@
+"""The raw fan-out transport of one socket (:class:`tidings.transport.Transport`), and write coalescing.
+
+:meth:`FanoutMixin.try_write` never writes by itself: it parks the frame on the socket and registers the socket
+with the loop's :class:`WriteBatcher`, which writes every registered socket's frames as one ``write()`` -- once
+per loop pass, or, with a write delay, at most once per delay while the node is busy. The frames' bytes are
+shared by every recipient (built once per publication), and a run of frames pending on many sockets is joined
+once per flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from uvicorn.protocols.utils import ClientDisconnected
+
+from tidings.transport.base import CLOSED, OPEN, SocketBase
+from tidings.transport.frames import Frame
+
+__all__ = ["ABORT_GRACE", "PENDING_MAX", "FanoutMixin", "WriteBatcher", "batcher_for"]
+
+#: Seconds an aborted (stalled) connection keeps its socket so a final close frame can still reach the client.
+ABORT_GRACE = 5.0
+#: Frames a socket may hold for its next coalesced write; past that, the connection's own queue takes them.
+PENDING_MAX = 64
+
+logger = logging.getLogger("tidings.transport")
+
+
+class WriteBatcher:
+    """Coalesces fan-out writes: every socket that got frames since the last flush gets them in one ``write()``.
+
+    One per event loop and write delay. The flush runs once per loop pass (``call_soon``), so frames reaching one
+    socket in the same pass share a system call. With ``delay`` > 0 the window adapts to load: when the previous
+    flush was less than ``delay`` seconds ago (publications arriving back to back) the next one waits until
+    ``delay`` after it, so a busy node makes fewer, larger writes; an idle node (no flush within ``delay``)
+    flushes in the next pass, without waiting. Sockets waiting for the same run of frames get the same joined
+    ``bytes`` (built once per flush).
+    """
+
+    __slots__ = ("__weakref__", "_dirty", "_last", "_loop", "_scheduled", "delay", "flushes", "writes")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float = 0.0) -> None:
+        self._loop = loop
+        self.delay = delay
+        self._dirty: list[FanoutMixin] = []
+        self._scheduled = False
+        self._last = -1e9  # loop time of the last flush
+        self.flushes = 0
+        self.writes = 0
+
+    def add(self, proto: FanoutMixin) -> None:
+        """``proto`` has its first pending frame: flush it with the others."""
+        self._dirty.append(proto)
+        if not self._scheduled:
+            self._scheduled = True
+            delay = self.delay
+            if delay > 0:
+                due = self._last + delay
+                if due > self._loop.time():  # busy: the last flush was moments ago
+                    self._loop.call_at(due, self.flush)
+                    return
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every registered socket's pending frames (one ``write()`` each)."""
+        self._scheduled = False
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        self._last = self._loop.time()
+        self.flushes += 1
+        self.writes += len(dirty)
+        joined: dict[tuple[object, ...], bytes] = {}
+        for proto in dirty:
+            try:
+                proto._write_pending(joined)
+            except Exception:  # one broken socket must not hold the others' frames back
+                logger.debug("coalesced write failed", exc_info=True)
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, WriteBatcher]] = weakref.WeakKeyDictionary()
+
+
+def batcher_for(loop: asyncio.AbstractEventLoop, delay: float) -> WriteBatcher:
+    """The loop's :class:`WriteBatcher` for ``delay`` (created on first use)."""
+    by_delay = _batchers.get(loop)
+    if by_delay is None:
+        by_delay = _batchers[loop] = {}
+    batcher = by_delay.get(delay)
+    if batcher is None:
+        batcher = by_delay[delay] = WriteBatcher(loop, delay)
+    return batcher
+
+
+class FanoutMixin(SocketBase):
+    """``try_write`` / ``send`` / ``close`` / ``abort``: the hub's raw transport for this socket."""
+
+    if not TYPE_CHECKING:  # the protocol class holds every field in its __slots__; mypy checks the fields here
+        __slots__ = ()
+
+    def try_write(self, frame: Frame) -> bool:
+        """Take ``frame`` for this socket's next coalesced write if the socket can take it without buffering past
+        its mark; False: the connection queues it (and :meth:`send` writes it later, in order)."""
+        if self._ready:
+            pending = self._pending
+            if pending is None:
+                self._pending = [frame]
+                self._batcher.add(self)
+            elif len(pending) < PENDING_MAX:
+                pending.append(frame)
+            else:
+                return False
+            return True
+        return False
+
+    def _write_pending(self, joined: dict[tuple[object, ...], bytes]) -> None:
+        """Write the frames :meth:`try_write` took as one ``transport.write``; ``joined`` caches the bytes of frame
+        runs already joined for other sockets in this flush."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        if self._state is CLOSED or self._aborted or self.transport.is_closing():
+            return
+        if len(pending) == 1:
+            frame = pending[0]
+            # the cached slot first: one attribute read instead of a property call per recipient
+            self.transport.write(frame.wire_deflate if self._compress else (frame._wire or frame.wire))
+            return
+        # compressing and plain sockets never share a run: a compressing socket's key starts with True
+        key: tuple[object, ...] = (True, *pending) if self._compress else tuple(pending)
+        data = joined.get(key)
+        if data is None:
+            if self._compress:
+                data = joined[key] = b"".join([frame.wire_deflate for frame in pending])
+            else:
+                data = joined[key] = b"".join([frame.wire for frame in pending])
+        self.transport.write(data)
+
+    def _write_pending_now(self) -> None:
+        """Write frames taken by :meth:`try_write` ahead of anything else about to be written (order)."""
+        if self._pending is not None:
+            self._write_pending({})
+
+    async def send(self, frames: Sequence[Frame]) -> None:
+        """Write queued frames as one ``transport.write``, after the buffer has drained; in order with try_write."""
+        self._sending = True
+        self._ready = False
+        self._write_pending_now()  # frames taken earlier go first
+        try:
+            while self._paused and self._state is OPEN and not self._aborted:
+                await self._wait_drain()
+            if self._state is not OPEN or self._aborted:
+                raise ClientDisconnected()
+            if self._compress:
+                data = b"".join([frame.wire_deflate for frame in frames])
+            else:
+                data = b"".join([frame.wire for frame in frames])
+            self.transport.write(data)
+        finally:
+            self._sending = False
+            self._update_ready()
+            drain = self._drain
+            if drain is not None and not drain.done() and not self._paused:
+                drain.set_result(None)  # an ASGI send waiting for this one
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send a close frame (after the frames already taken; it is appended to the socket's buffer)."""
+        self._send_close(code, reason)
+
+    def abort(self) -> None:
+        """Stop serving a stalled client at once: no more data frames, and the application sees a disconnect now.
+
+        The socket itself gets a short grace: a close frame sent right after (the connection's 4000 "slow
+        consumer") is appended to the buffer and the TCP connection closed once that drains, so a client that
+        resumes reading learns why; after :data:`ABORT_GRACE` seconds the buffer is discarded and the socket
+        dropped.
+        """
+        self._ready = False
+        self._pending = None
+        state = self._state
+        if state is CLOSED or self.transport is None:
+            return
+        if state is not OPEN or self._aborted:
+            self._hard_abort()
+            return
+        self._aborted = True  # blocks writes from send() and ASGI sends; close() still goes out
+        self._post_disconnect(1006, "aborted")
+        self._cancel_timer()
+        self._timer = self._loop.call_later(ABORT_GRACE, self._hard_abort)
+
+    def _hard_abort(self) -> None:
+        self._timer = None
+        self._ready = False
+        if self._state is not CLOSED:
+            self.transport.abort()
