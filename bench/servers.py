@@ -149,6 +149,7 @@ ADAPTERS: dict[str, Callable[[int, Path], ServerSpec]] = {
     "tidings-wd": tidings_variant(
         "tidings_wd", {"TIDINGS_WRITE_DELAY": BENCH_WRITE_DELAY}, f"TIDINGS_WRITE_DELAY={BENCH_WRITE_DELAY}"
     ),
+    "tidings-wd0": tidings_variant("tidings_wd0", {"TIDINGS_WRITE_DELAY": "0"}, "TIDINGS_WRITE_DELAY=0"),
     "tidings-asgi": tidings_variant(
         "tidings_asgi", {"TIDINGS_FAST_TRANSPORT": "false"}, "TIDINGS_FAST_TRANSPORT=false (uvicorn's ws, ASGI send)"
     ),

@@ -41,11 +41,12 @@ class Settings(BaseSettings):
     per_message_deflate: bool = Field(False, description="Negotiate permessage-deflate compression.")
     fast_transport: bool = Field(True, description="Use Tidings' own uvicorn WebSocket protocol for fan-out.")
     write_delay: float = Field(
-        0.0,
+        0.002,
         ge=0,
         le=1,
-        description="Fast transport: seconds a busy node may hold fan-out frames to coalesce writes per socket "
-        "(0: frames of one loop pass share a write; an idle node never waits).",
+        description="Fast transport: while the node is busy (a coalesced write ended less than this ago), hold "
+        "fan-out frames up to this many seconds so each socket gets them in fewer writes; an idle node never waits "
+        "(0: only the frames of one loop pass share a write).",
     )
     job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
     admin_username: str = Field("admin", description="Account created on first start with an empty database.")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from starlette.routing import WebSocketRoute
@@ -92,6 +92,12 @@ class WebSocketEndpoint:
         conn = await self._open(scope, receive, send, abort)
         if conn is None:
             return
+        detach = getattr(conn.transport, "detach", None)
+        if detach is not None:
+            # Tidings' own protocol serves the socket by callbacks from here on: this coroutine (and the ASGI
+            # server's, the scope with it) ends, so an idle connection holds no coroutine, task or future
+            detach(_Session(self, conn, conn.transport).on_event)
+            return
         try:
             await self._serve(conn, receive)
         except asyncio.CancelledError:
@@ -129,27 +135,92 @@ class WebSocketEndpoint:
             await send({"type": "websocket.close", "code": exc.code, "reason": exc.reason})
             return None
 
-    async def _serve(self, conn: Any, receive: Receive) -> None:
-        node = self.node
-        limit = node.settings.max_message_bytes
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
-                text = message.get("text")
-                if text is None:
-                    if len(message.get("bytes") or b"") > limit:
-                        conn.close(CloseCode.MESSAGE_TOO_BIG, "Message too big")
-                        continue
-                    conn.allow_message()
-                    conn.enqueue(_BINARY_REFUSED)
-                    continue
-                if len(text) > limit // 4 and len(text.encode()) > limit:
-                    conn.close(CloseCode.MESSAGE_TOO_BIG, f"Message too big (limit {limit} bytes)")
-                    continue
-                await node.handle(conn, text)
-            elif kind == "websocket.disconnect":
-                return
+    async def _serve(self, conn: Connection, receive: Receive) -> None:
+        while not await self.on_message(conn, await receive()):
+            pass
+
+    async def on_message(self, conn: Connection, message: Message) -> bool:
+        """Serve one inbound ASGI event; True once it is the disconnect."""
+        kind = message["type"]
+        if kind == "websocket.receive":
+            node = self.node
+            limit = node.settings.max_message_bytes
+            text = message.get("text")
+            if text is None:
+                if len(message.get("bytes") or b"") > limit:
+                    conn.close(CloseCode.MESSAGE_TOO_BIG, "Message too big")
+                    return False
+                conn.allow_message()
+                conn.enqueue(_BINARY_REFUSED)
+                return False
+            if len(text) > limit // 4 and len(text.encode()) > limit:
+                conn.close(CloseCode.MESSAGE_TOO_BIG, f"Message too big (limit {limit} bytes)")
+                return False
+            await node.handle(conn, text)
+            return False
+        return bool(kind == "websocket.disconnect")
+
+
+class _DetachedTransport(Protocol):
+    """What :class:`_Session` needs of Tidings' own protocol (:class:`tidings.transport.asgi.ASGIMixin`)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+    def pause_inbound(self) -> None: ...
+
+    def resume_inbound(self) -> None: ...
+
+
+#: Inbound messages a detached session buffers before the socket stops being read; reading resumes under LOW.
+SESSION_INBOX_HIGH = 16
+SESSION_INBOX_LOW = 4
+
+
+class _Session:
+    """A connection served by callbacks (the fast transport's ``detach``): a task exists only while messages are
+    being handled, in order, one at a time; the disconnect is handled last."""
+
+    __slots__ = ("conn", "done", "endpoint", "inbox", "proto", "task")
+
+    def __init__(self, endpoint: WebSocketEndpoint, conn: Connection, proto: Any) -> None:
+        self.endpoint = endpoint
+        self.conn = conn
+        self.proto: _DetachedTransport = proto
+        self.inbox: list[Message] = []
+        self.task: asyncio.Task[None] | None = None
+        self.done = False  # the node has forgotten the connection
+
+    def on_event(self, message: Message) -> None:
+        """An inbound ASGI event, straight from the protocol."""
+        if self.done:
+            return
+        inbox = self.inbox
+        inbox.append(message)
+        if self.task is None:
+            self.task = self.proto.spawn(self._run())
+        elif len(inbox) >= SESSION_INBOX_HIGH:
+            self.proto.pause_inbound()
+
+    async def _run(self) -> None:
+        inbox = self.inbox
+        conn = self.conn
+        try:
+            while inbox:
+                message = inbox.pop(0)
+                if len(inbox) <= SESSION_INBOX_LOW:
+                    self.proto.resume_inbound()
+                if await self.endpoint.on_message(conn, message):
+                    self.done = True
+                    await self.endpoint.node.disconnect(conn)
+                    return
+        except Exception:
+            logger.exception("serving %s failed", conn)
+            self.done = True
+            inbox.clear()
+            conn.close(CloseCode.INTERNAL_ERROR, "Internal error")
+            await self.endpoint.node.disconnect(conn)
+        finally:
+            self.task = None
 
 
 def websocket_routes(node: Node) -> list[WebSocketRoute]:

@@ -35,7 +35,7 @@ class WriteBatcher:
 
     One per event loop and write delay. The flush runs once per loop pass (``call_soon``), so frames reaching one
     socket in the same pass share a system call. With ``delay`` > 0 the window adapts to load: when the previous
-    flush was less than ``delay`` seconds ago (publications arriving back to back) the next one waits until
+    flush ended less than ``delay`` seconds ago (publications arriving back to back) the next one waits until
     ``delay`` after it, so a busy node makes fewer, larger writes; an idle node (no flush within ``delay``)
     flushes in the next pass, without waiting. Sockets waiting for the same run of frames get the same joined
     ``bytes`` (built once per flush).
@@ -72,7 +72,6 @@ class WriteBatcher:
         if not dirty:
             return
         self._dirty = []
-        self._last = self._loop.time()
         self.flushes += 1
         self.writes += len(dirty)
         joined: dict[tuple[object, ...], bytes] = {}
@@ -81,6 +80,8 @@ class WriteBatcher:
                 proto._write_pending(joined)
             except Exception:  # one broken socket must not hold the others' frames back
                 logger.debug("coalesced write failed", exc_info=True)
+        # when the flush ended: a large fan-out takes a while to write, and the node is busy until it is done
+        self._last = self._loop.time()
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, WriteBatcher]] = weakref.WeakKeyDictionary()
