@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck bench bench-redis browser-deps js-deps clean
+.PHONY: run test test-latest install lint typecheck bench bench-idle bench-redis browser-deps js-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -48,8 +48,25 @@ test: $(STAMP) browser-deps
 bench: $(STAMP) js-deps
 	$(BIN)/python -m bench.fanout
 
+# Idle connections per node: RSS, idle CPU (keepalive on), one broadcast to all; 2k/5k/10k/largest N the
+# open-file limit allows (100,000 where it allows), projected to 100,000 (docs/scaling.md, "Connections per node").
+bench-idle: $(STAMP) js-deps
+	$(BIN)/python -m bench.idle
+
+# The transport's tests against the newest websockets and uvicorn releases (pyproject.toml pins upper bounds,
+# because tidings.transport uses their internals): a separate venv, the lock for everything else.
+LATEST := .venv-latest
+TRANSPORT_TESTS := tests/test_fastws.py tests/test_fanout_isolation.py tests/test_autobahn.py tests/test_ws_contract.py
+test-latest: $(UV)
+	test -x $(LATEST)/bin/python || $(PY) -m venv $(LATEST)
+	$(UV) pip install --python $(LATEST)/bin/python -q --require-hashes -r requirements.lock
+	$(UV) pip install --python $(LATEST)/bin/python -q --no-deps -e .
+	$(UV) pip install --python $(LATEST)/bin/python --upgrade websockets "uvicorn[standard]"
+	$(LATEST)/bin/python -c "import websockets, uvicorn; print('websockets', websockets.__version__, '/ uvicorn', uvicorn.__version__)"
+	$(LATEST)/bin/pytest -q -m "not slow" $(TRANSPORT_TESTS)
+
 bench-redis: $(STAMP)
 	$(BIN)/python -m bench.redis_fanout
 
 clean:
-	rm -rf $(VENV) var test-results node_modules
+	rm -rf $(VENV) $(LATEST) var test-results node_modules

@@ -102,7 +102,7 @@ async def drive(args: argparse.Namespace) -> None:
     )
     clients: list[Any] = []
     try:
-        wait_listening(port, proc)
+        wait_listening(port, proc, timeout=600)
         cfg = spec.client_config()
         clients.append(await subscriber(cfg))
         await asyncio.sleep(1)
