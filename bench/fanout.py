@@ -130,6 +130,25 @@ def rss_kib(pid: int) -> int:
     return total
 
 
+def scrape(url: str | None, *names: str) -> dict[str, float]:
+    """Values of Prometheus counters ``names`` (``_total`` samples) at ``url``; {} when unavailable."""
+    if url is None:
+        return {}
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in names:
+            if line.startswith(f"{name}_total "):
+                out[name] = float(line.split()[1])
+    return out
+
+
 def cpus_allowed(pid: int) -> str:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Cpus_allowed_list:"):
@@ -213,6 +232,7 @@ class RunResult:
     elapsed_s: float
     attempt: int  # which attempt of the run was kept (see measured_run)
     note: str
+    frames_per_write: float = 0.0  # deliveries / socket writes in the throughput phase (where the server says)
 
 
 class LoadClient:
@@ -375,9 +395,13 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
         client.next()
         lat = client.expect("latency", (opt.warmup + opt.paced) * (opt.timeout_s + opt.gap_ms / 1000) + 30)
         snap1 = CpuSnapshot.take(server.pid, ours, cores)
+        counters = ("tidings_deliveries", "tidings_transport_writes")
+        m1 = scrape(spec.metrics_url, *counters)
+        snap1 = CpuSnapshot.take(server.pid, ours, cores)
         client.next()
         thr = client.expect("throughput", max(opt.timeout_s, opt.messages * n * 0.2e-3) + 60)
         snap2 = CpuSnapshot.take(server.pid, ours, cores)
+        m2 = scrape(spec.metrics_url, *counters)
         client.next()
         client.expect("done", 30)
     except RuntimeError as exc:  # RunError, and an adapter's set-up failing
@@ -395,6 +419,8 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
         raise RunError(f"no deliveries in the latency or throughput phase: {thr.get('first_error')}")
     server_s = snap1.server_seconds_until(snap2)
     elapsed = float(thr["elapsed_s"])
+    writes = m2.get("tidings_transport_writes", 0.0) - m1.get("tidings_transport_writes", 0.0)
+    delivered = m2.get("tidings_deliveries", 0.0) - m1.get("tidings_deliveries", 0.0)
     return RunResult(
         server=name,
         n=n,
@@ -416,6 +442,7 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
         elapsed_s=elapsed,
         attempt=1,
         note=spec.note,
+        frames_per_write=delivered / writes if writes > 0 else 0.0,
     )
 
 
@@ -476,6 +503,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("lost", "lost", "{:.0f}"),
 ]
 RAW_EXTRA: list[tuple[str, str, str]] = [
+    ("frames/write", "frames_per_write", "{:.2f}"),
     ("fan-out p50 ms", "fanout_p50_ms", "{:.2f}"),
     ("core-0 softirq %", "server_core_irq_pct", "{:.0f}"),
     ("other procs CPU %", "other_cpu_pct", "{:.0f}"),
@@ -780,7 +808,8 @@ def find_node() -> str:
 
 def describe(r: RunResult) -> str:
     text = (
-        f"{r.us_per_delivery:.2f} µs/delivery, {r.deliveries_per_s:,.0f} deliveries/s,"
+        (f"{r.frames_per_write:.2f} frames/write, " if r.frames_per_write else "")
+        + f"{r.us_per_delivery:.2f} µs/delivery, {r.deliveries_per_s:,.0f} deliveries/s,"
         f" p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, {r.kib_per_conn:.1f} KiB/conn;"
         f" CPU server {r.server_cpu_pct:.0f}% client {r.client_cpu_pct:.0f}% other {r.other_cpu_pct:.0f}%"
     )

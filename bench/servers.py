@@ -29,6 +29,7 @@ class ServerSpec:
     client_config: Callable[[], JSONDict]
     env: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    metrics_url: str | None = None  # Prometheus text; frames per socket write is read from it when offered
 
 
 def naive(port: int, workdir: Path) -> ServerSpec:
@@ -125,6 +126,7 @@ def tidings(port: int, workdir: Path) -> ServerSpec:
         client_config,
         env=env,
         note=f"POST /api/publish per message ({TIDINGS_HTTP_CONCURRENCY} in flight), sqlite",
+        metrics_url=f"http://127.0.0.1:{port}/metrics",
     )
 
 

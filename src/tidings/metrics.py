@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tidings.node import Node
+from tidings.transport.fanout import write_stats
 
 __all__ = ["NodeCollector", "render_metrics"]
 
@@ -37,6 +38,11 @@ class NodeCollector(Collector):
         yield CounterMetricFamily(
             "tidings_slow_consumer_disconnects", "Connections closed because their queue overflowed", hub.slow_consumers
         )
+        flushes, writes = write_stats()
+        yield CounterMetricFamily(
+            "tidings_transport_writes", "Socket writes of coalesced fan-out frames (fast transport)", writes
+        )
+        yield CounterMetricFamily("tidings_transport_flushes", "Coalesced write passes (fast transport)", flushes)
         yield CounterMetricFamily("tidings_messages_received", "Inbound client messages", node.messages_received)
         failures = CounterMetricFamily("tidings_auth_failures", "Rejected authentications", labels=["reason"])
         for reason, count in node.auth_failures.items():

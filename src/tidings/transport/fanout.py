@@ -20,7 +20,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from tidings.transport.base import CLOSED, OPEN, SocketBase
 from tidings.transport.frames import Frame
 
-__all__ = ["ABORT_GRACE", "PENDING_MAX", "FanoutMixin", "WriteBatcher", "batcher_for"]
+__all__ = ["ABORT_GRACE", "PENDING_MAX", "FanoutMixin", "WriteBatcher", "batcher_for", "write_stats"]
 
 #: Seconds an aborted (stalled) connection keeps its socket so a final close frame can still reach the client.
 ABORT_GRACE = 5.0
@@ -85,6 +85,16 @@ class WriteBatcher:
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, WriteBatcher]] = weakref.WeakKeyDictionary()
+
+
+def write_stats() -> tuple[int, int]:
+    """(coalesced flushes, socket writes they made) on the running loop, over all its write delays."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return 0, 0
+    batchers = _batchers.get(loop, {}).values()
+    return sum(b.flushes for b in batchers), sum(b.writes for b in batchers)
 
 
 def batcher_for(loop: asyncio.AbstractEventLoop, delay: float) -> WriteBatcher:
