@@ -167,7 +167,7 @@ async def test_a_new_channel_has_an_epoch_before_its_first_publication(make: Any
 async def test_lost_metadata_starts_a_new_epoch(make: Any, prefix: str) -> None:
     broker = await make()
     first = [await broker.publish("room:l", body("room:l", n)) for n in range(3)][-1]
-    await broker.client.delete(f"{prefix}:meta:room:l")  # as if Redis had lost it
+    await broker.client.delete(broker.keys.meta("room:l"))  # as if Redis had lost it
     pub = await broker.publish("room:l", body("room:l", 3))
     assert pub.offset == 1 and pub.epoch != first.epoch
     result = await broker.recover("room:l", 3, first.epoch)
@@ -179,10 +179,10 @@ async def test_lost_metadata_starts_a_new_epoch(make: Any, prefix: str) -> None:
 async def test_history_ttl_expires_history_and_counter(make: Any, prefix: str) -> None:
     broker = await make(history_ttl=1)
     old = await broker.publish("room:t", body("room:t", 0))
-    assert 0 < await broker.client.ttl(f"{prefix}:hist:room:t") <= 1
+    assert 0 < await broker.client.ttl(broker.keys.hist("room:t")) <= 1
 
     async def expired() -> bool:
-        return not await broker.client.exists(f"{prefix}:meta:room:t", f"{prefix}:hist:room:t")
+        return not await broker.client.exists(f"{prefix}:meta:room:t", broker.keys.hist("room:t"))
 
     await eventually(expired)
     pub = await broker.publish("room:t", body("room:t", 1))
@@ -194,7 +194,7 @@ async def test_history_size_zero_keeps_offsets_but_no_history(make: Any, prefix:
     broker = await make(history_size=0)
     pubs = [await broker.publish("room:z", body("room:z", n)) for n in range(3)]
     assert [p.offset for p in pubs] == [1, 2, 3]
-    assert not await broker.client.exists(f"{prefix}:hist:room:z")
+    assert not await broker.client.exists(broker.keys.hist("room:z"))
     assert not (await broker.recover("room:z", 1, pubs[0].epoch)).recovered
 
 
@@ -278,7 +278,7 @@ async def test_a_foreign_message_on_a_channel_is_ignored(make: Any, prefix: str)
     got = Collector()
     broker = await make(got)
     await broker.subscribe("room:f")
-    await broker.client.publish(f"{prefix}:pub:room:f", b"not a tidings publication")
+    await broker.client.publish(broker.keys.pub("room:f"), b"not a tidings publication")
     pub = await broker.publish("room:f", body("room:f", 1))
     [received] = await got.wait_for(1)
     assert received.frame.payload == pub.frame.payload
@@ -297,7 +297,7 @@ async def test_a_reader_reconnect_replays_every_channel_exactly_once(make: Any, 
     for client in await b.client.client_list():
         if client["name"] == f"tidings-sub:{prefix}:{a.node_id}":
             await b.client.client_kill_filter(_id=client["id"])
-    await b.client.delete(f"{prefix}:meta:room:r4")  # this one loses its history: a new epoch
+    await b.client.delete(b.keys.meta("room:r4"))  # this one loses its history: a new epoch
     for n in range(1, 4):
         for channel in channels:
             await b.publish(channel, body(channel, n))
