@@ -42,12 +42,15 @@ _ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, T
 class _Messages:
     """What to publish: the same JSON bodies as :class:`tidings.node.Node` builds (one encode per channel)."""
 
-    def __init__(self, prefix: str, history_size: int, history_ttl: int, history_max_bytes: int, command: str) -> None:
+    def __init__(
+        self, prefix: str, history_size: int, history_ttl: int, history_max_bytes: int, target: BrokerURL
+    ) -> None:
         self.keys = Keys(prefix)
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.history_max_bytes = history_max_bytes
-        self.command = command
+        self.command = target.publish_command
+        self.check = "1" if target.mode != "redis" else "0"
 
     def script_call(self, channel: str, body: bytes) -> tuple[list[str], list[EncodableT]]:
         """``(keys, args)`` of the publish script for ``body`` on ``channel``."""
@@ -60,6 +63,7 @@ class _Messages:
             self.history_ttl,
             self.history_max_bytes,
             self.command,
+            self.check,
         ]
         return self.keys.stream(channel), args
 
@@ -124,7 +128,7 @@ class Publisher:
         history_max_bytes: int = 1 << 20,
     ) -> None:
         target = _target(url)
-        self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target.publish_command)
+        self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target)
         self._client: Any = target.async_client(socket_timeout=5.0, socket_connect_timeout=2.0)
         self._script = self._client.register_script(PUBLISH)
 
@@ -196,7 +200,7 @@ class SyncPublisher:
         history_max_bytes: int = 1 << 20,
     ) -> None:
         target = _target(url)
-        self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target.publish_command)
+        self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target)
         self._client: Any = target.sync_client(socket_timeout=5.0, socket_connect_timeout=2.0)
         self._script = self._client.register_script(PUBLISH)
 

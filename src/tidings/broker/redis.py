@@ -129,6 +129,7 @@ class RedisBroker:
         self.node_id = secrets.token_hex(6)
         self.keys = Keys(prefix)
         self._cmd = self.target.publish_command
+        self._check = "1" if self.target.mode != "redis" else "0"  # new epoch after a failover (replicated set-ups)
         self.client: Any = self.target.async_client(
             socket_timeout=command_timeout,
             socket_connect_timeout=min(command_timeout, 2.0),
@@ -256,7 +257,7 @@ class RedisBroker:
         """Run the publish script: offset, history, ``(S)PUBLISH`` of the final bytes, atomically."""
         head = lua.body_head(body)
         args: list[EncodableT] = [head, new_epoch(), self.history_size, self.history_ttl, self.history_max_bytes]
-        args.append(self._cmd)
+        args += [self._cmd, self._check]
         keys = self.keys.stream(channel)
         offset, epoch = await self._call(lambda: self._publish(keys=keys, args=args))
         payload = b'%s"offset":%d,"epoch":"%s"}' % (head, offset, epoch)
@@ -281,7 +282,7 @@ class RedisBroker:
         if sync and self._connected and self.keys.pub(channel).encode() in self._channels:
             marker = lua.MARKER + self.node_id.encode() + secrets.token_hex(8).encode()
             future = self._markers[marker] = asyncio.get_running_loop().create_future()
-        args: list[EncodableT] = [new_epoch(), self.history_ttl, since, since_epoch, marker, self._cmd]
+        args: list[EncodableT] = [new_epoch(), self.history_ttl, since, since_epoch, marker, self._cmd, self._check]
         try:
             offset, epoch_b, entries = await self._call(lambda: self._recover(keys=keys, args=args))
             if future is not None:
@@ -447,7 +448,7 @@ class RedisBroker:
         """
         items = list(self._last.items())
         calls: list[tuple[list[str], list[Any]]] = [
-            (self.keys.stream(channel), [new_epoch(), self.history_ttl, offset, epoch, b"", self._cmd])
+            (self.keys.stream(channel), [new_epoch(), self.history_ttl, offset, epoch, b"", self._cmd, self._check])
             for channel, (epoch, offset) in items
         ]
         replies = await self._many(self._recover, calls)
@@ -470,6 +471,8 @@ class RedisBroker:
     async def _register(self) -> None:
         """(Re-)register this node, its connections and presence entries; flush removals made while down."""
         reg = self.keys.registry
+        # Start from a clean slate: after a failover the registry may hold a stale view of this node's entries.
+        await self._node_leave(keys=reg, args=[self.node_id])
         await self._heartbeat(keys=reg, args=[self.node_id, self._lease_ms])
         for conn_id, user_id in list(self._stale_conns.items()):
             await self._conn_remove(keys=reg, args=[conn_id, user_id])

@@ -54,19 +54,51 @@ def parse_position(payload: bytes) -> tuple[int, str]:
     return int(payload[i + 9 : j]), payload[j + 10 : -2].decode()
 
 
+# Prepended to the channel scripts. KEYS: meta, hist, pub.
+# current_epoch(check): the channel's epoch, or false if it has none -- or, with check = '1' (Sentinel and Redis
+# Cluster), if the channel's metadata was written under another replication history than the server's current
+# one (master_replid changes when a replica is promoted). Replication is asynchronous: a promoted replica may lack
+# the last publications its old master acknowledged (and delivered), so reusing their offsets in the same epoch
+# would make recovering clients skip or repeat messages. Starting a new epoch makes them hear recovered: false.
+_GENERATION = """
+local function replid()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+end
+local generation = ''
+local function current_epoch(check)
+  if check == '1' then
+    generation = replid()
+  end
+  local meta = redis.call('HMGET', KEYS[1], 'e', 'r')
+  if not meta[1] then
+    return false
+  end
+  if generation ~= '' and meta[2] ~= generation then
+    return false
+  end
+  return meta[1]
+end
+local function new_stream(epoch)
+  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'b', 0, 'r', generation)
+end
+"""
+
 # Offset assignment, history append (bounded by count and bytes) and fan-out in one atomic step.
 # KEYS: meta, hist, pub. ARGV: body_head(body), epoch for a new stream, history_size, history_ttl,
-# history_max_bytes (0: no byte bound), 'PUBLISH' or 'SPUBLISH'.
+# history_max_bytes (0: no byte bound), 'PUBLISH' or 'SPUBLISH', '1' to start a new epoch after a failover.
 # Returns {offset, epoch}. The epoch is created with the channel's metadata; if the metadata was lost (TTL, a Redis
 # restart without persistence, a failover that lost it) the next publish starts a new epoch at offset 1 and drops
 # any stale history. History keeps the newest entries whose total size is at most history_max_bytes: the oldest
 # are removed first (a publication larger than the bound is not kept at all).
-PUBLISH = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
+PUBLISH = (
+    _GENERATION
+    + """
+local epoch = current_epoch(ARGV[7])
 if not epoch then
   epoch = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'b', 0)
+  new_stream(epoch)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local payload = ARGV[1] .. '"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
@@ -89,22 +121,25 @@ redis.call('EXPIRE', KEYS[1], ttl)
 redis.call(ARGV[6], KEYS[3], payload)
 return {offset, epoch}
 """
+)
 
 # The channel's position, and with since >= 0 the history after it (only if the epoch matches).
 # KEYS: meta, hist, pub. ARGV: epoch for a new stream, history_ttl, since (-1: position only), since_epoch,
-# marker ('' for none), 'PUBLISH' or 'SPUBLISH'. The marker, published first on the channel itself, tells the calling
-# node's reader that every publication up to the returned offset has gone through its pub/sub stream (so history
-# and live publications never overlap); other nodes ignore markers. Returns {offset, epoch, entries}.
-RECOVER = """
+# marker ('' for none), 'PUBLISH' or 'SPUBLISH', '1' to start a new epoch after a failover. The marker, published
+# first on the channel itself, tells the calling node's reader that every publication up to the returned offset has
+# gone through its pub/sub stream (so history and live publications never overlap); other nodes ignore markers.
+# Returns {offset, epoch, entries}.
+RECOVER = (
+    _GENERATION
+    + """
 if ARGV[5] ~= '' then
   redis.call(ARGV[6], KEYS[3], ARGV[5])
 end
-local epoch = redis.call('HGET', KEYS[1], 'e')
+local epoch = current_epoch(ARGV[7])
 local offset = 0
 if not epoch then
   epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'b', 0)
+  new_stream(epoch)
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 else
   offset = tonumber(redis.call('HGET', KEYS[1], 'o'))
@@ -115,6 +150,7 @@ if since < 0 or epoch ~= ARGV[4] or since >= offset then
 end
 return {offset, epoch, redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+')}
 """
+)
 
 # Prepended to the registry scripts. KEYS: nodes, conns, index, ucount, stats, reaped.
 _REGISTRY = (
