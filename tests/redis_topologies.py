@@ -9,8 +9,10 @@ free localhost ports, the cluster joined with ``redis-cli --cluster create ... -
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +21,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import free_port
+
+def free_port() -> int:
+    """A free localhost port (as tests.conftest.free_port; not imported, conftest imports this module)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 __all__ = ["ClusterDeployment", "SentinelDeployment", "broker_url", "redis_cluster", "redis_sentinel"]
 
@@ -31,6 +39,20 @@ def _binary(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} is needed (Debian: redis-server, redis-tools)")
     return path
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = random.randrange(20000, 55000)
+        with contextlib.ExitStack() as stack:
+            try:
+                for candidate in (port, port + 10000):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+        return port
 
 
 def _wait_ping(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -88,7 +110,7 @@ class ClusterDeployment(_Servers):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        self.ports = [free_port() for _ in range(6)]
+        self.ports = [_cluster_port() for _ in range(6)]
 
     @property
     def url(self) -> str:
@@ -115,7 +137,15 @@ class ClusterDeployment(_Servers):
         for port in self.ports:
             _wait_ping(port, self.procs[port])
         subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-replicas", "1", "--cluster-yes"],  # noqa: E501
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],  # noqa: E501
             check=True,
             capture_output=True,
             timeout=60,
