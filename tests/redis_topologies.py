@@ -145,7 +145,7 @@ class ClusterDeployment(_Servers):
                 "--cluster-replicas",
                 "1",
                 "--cluster-yes",
-            ],  # noqa: E501
+            ],
             check=True,
             capture_output=True,
             timeout=60,
