@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import orjson
+
 from tidings.auth import Authenticator, AuthError
 from tidings.broker import Broker, BrokerUnavailable, Publication, create_broker
 from tidings.channels import ChannelRules
@@ -301,6 +303,9 @@ class Node:
             reply = error_message(exc.code, exc.message, exc.msg_id)
         except BrokerUnavailable:
             reply = error_message(ErrorCode.UNAVAILABLE, "Broker unavailable; try again shortly", msg.id)
+        except orjson.JSONEncodeError as exc:  # client data the encoder refuses (nested too deep): one line, no trace
+            logger.warning("refused a message from %s: data cannot be encoded (%s)", conn, exc)
+            reply = error_message(ErrorCode.BAD_REQUEST, f"Data cannot be encoded as JSON: {exc}", msg.id)
         except Exception:
             logger.exception("error serving a message from %s", conn)
             reply = error_message(ErrorCode.BAD_REQUEST, "Internal error serving this message", msg.id)

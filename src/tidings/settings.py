@@ -10,6 +10,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tidings.files import ensure_private_file
+
 __all__ = ["Settings"]
 
 
@@ -43,6 +45,7 @@ class Settings(BaseSettings):
     job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
     admin_username: str = Field("admin", description="Account created on first start with an empty database.")
     log_level: str = Field("info", description="Log level of the tidings command.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest HTTP request body; larger gets 413.")
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -66,8 +69,7 @@ class Settings(BaseSettings):
         path = self.data_dir / "secret_key"
         if path.exists():
             return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(48)
-        path.touch(mode=0o600)
+        ensure_private_file(path)
         path.write_text(key)
         return key
