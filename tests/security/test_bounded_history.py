@@ -100,7 +100,7 @@ async def test_flooding_new_rooms_is_bounded_by_the_users_byte_rate(server_facto
     assert grown < 64 << 20, grown
 
 
-async def test_history_is_bounded_in_bytes_per_channel(server_factory: Any) -> None:
+def test_history_is_bounded_in_bytes_per_channel(server_factory: Any) -> None:
     server = server_factory(env={"TIDINGS_HISTORY_MAX_BYTES": str(100_000)})
     for n in range(5):
         admin_publish(server, "room:big", {"n": n, "text": "y" * 40_000})
@@ -136,7 +136,7 @@ async def test_node_budget_evicts_the_least_recently_used_channel_with_a_new_epo
         assert pubs == [("room:recent", {"text": "still here"})], recovered
 
 
-async def test_channel_state_of_unused_channels_does_not_accumulate(server_factory: Any) -> None:
+def test_channel_state_of_unused_channels_does_not_accumulate(server_factory: Any) -> None:
     server = server_factory(env={"TIDINGS_MAX_CHANNELS": "50"})
     for n in range(200):
         admin_publish(server, f"property:{n}", {"n": n})
