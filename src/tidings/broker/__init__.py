@@ -43,11 +43,23 @@ def create_broker(
     history_ttl: int = 86400,
     presence_ttl: int = 30,
     history_max_bytes: int = 1 << 20,
+    history_budget_bytes: int = 32 << 20,
+    max_channels: int = 10_000,
     node_lease_ttl: float = 6.0,
 ) -> Broker:
-    """Build the broker named by ``url`` (``memory://``, ``redis://``, ``redis+sentinel://``, ``redis+cluster://``)."""
+    """Build the broker named by ``url`` (``memory://``, ``redis://``, ``redis+sentinel://``, ``redis+cluster://``).
+
+    ``history_budget_bytes`` and ``max_channels`` bound the memory broker (one process holds every channel);
+    ``history_max_bytes`` bounds each channel's history; ``node_lease_ttl`` is the Redis broker's node lease.
+    """
     if url.startswith("memory:"):
-        return MemoryBroker(history_size=history_size, history_ttl=history_ttl)
+        return MemoryBroker(
+            history_size=history_size,
+            history_ttl=history_ttl,
+            history_max_bytes=history_max_bytes,
+            history_budget_bytes=history_budget_bytes,
+            max_channels=max_channels,
+        )
     if is_redis_url(url):
         from tidings.broker.redis import RedisBroker
 
