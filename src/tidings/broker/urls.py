@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 import redis
 import redis.asyncio as aioredis
@@ -21,7 +21,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.cluster import ClusterNode
 from redis.sentinel import Sentinel
 
-__all__ = ["BrokerURL", "is_redis_url", "parse_broker_url", "redact_url"]
+__all__ = ["BrokerURL", "celery_broker", "is_redis_url", "parse_broker_url", "redact_url"]
 
 Mode = Literal["redis", "sentinel", "cluster"]
 
@@ -204,3 +204,25 @@ def parse_broker_url(url: str) -> BrokerURL:
         sentinel_password=params.pop("sentinel_password", None),
         extra=params,
     )
+
+
+def celery_broker(url: str) -> tuple[str, dict[str, Any]] | None:
+    """Celery's (kombu's) broker URL and transport options for the Tidings broker ``url``, or None.
+
+    One Redis: the URL itself. Sentinel: kombu's ``sentinel://host:port;sentinel://...`` with ``master_name``.
+    Redis Cluster: None, kombu has no Redis Cluster transport (set ``TIDINGS_CELERY_BROKER_URL`` to a plain Redis).
+    """
+    target = parse_broker_url(url)
+    if target.mode == "redis":
+        return url, {}
+    if target.mode == "cluster":
+        return None
+    creds = ""
+    if target.password is not None:
+        creds = f"{quote(target.username or '', safe='')}:{quote(target.password, safe='')}@"
+    scheme = "sentinel"
+    hosts = ";".join(f"{scheme}://{creds}{host}:{port}/{target.db}" for host, port in target.hosts)
+    options: dict[str, Any] = {"master_name": target.service}
+    if target.sentinel_password:
+        options["sentinel_kwargs"] = {"password": target.sentinel_password}
+    return hosts, options
