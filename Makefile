@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
+# `make run PORT=8080 HOST=0.0.0.0`: where `make run` listens (0.0.0.0: every interface)
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: run test test-latest install lint typecheck bench bench-idle bench-redis browser-deps js-deps clean
 
@@ -22,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml | $(UV)
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/tidings serve --host 127.0.0.1 --port 8000
+	$(BIN)/tidings serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tidings.broker.urls import celery_broker, is_redis_url
 from tidings.settings import Settings
 
 __all__ = ["PlatformSettings", "uses_workers"]
@@ -28,7 +29,9 @@ class PlatformSettings(BaseSettings):
     celery_broker_url: str = Field(
         "", description="Celery's broker; default: TIDINGS_BROKER_URL when that is redis://, else no workers."
     )
-    job_queue: str = Field("tidings.jobs", description="Celery queue the crawl jobs go to.")
+    job_queue: str = Field(
+        "", description="Celery queue the crawl jobs go to; default '<TIDINGS_BROKER_PREFIX>.jobs' (tidings.jobs)."
+    )
     job_lease_seconds: float = Field(
         30.0, gt=0, description="A running job whose runner has not renewed its lease for this long is failed."
     )
@@ -65,13 +68,26 @@ class PlatformSettings(BaseSettings):
             return Path(self.sample_site_price_version_file)
         return settings.data_dir / "sample-site-price-version"
 
+    def queue_name(self, settings: Settings) -> str:
+        """The Celery queue of crawl jobs: ``job_queue``, else derived from the broker prefix (``tidings.jobs``),
+        so installations with different ``TIDINGS_BROKER_PREFIX`` values never take each other's jobs."""
+        return self.job_queue or f"{settings.broker_prefix}.jobs"
+
     def celery_url(self, settings: Settings) -> str | None:
         """Celery's broker URL, or None when jobs run in-process (the embedded default)."""
         if self.celery_broker_url:
             return self.celery_broker_url
-        if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-            return settings.broker_url
+        if is_redis_url(settings.broker_url):  # redis://, redis+sentinel:// (not redis+cluster://: kombu can't)
+            target = celery_broker(settings.broker_url)
+            return target[0] if target is not None else None
         return None
+
+    def celery_transport_options(self, settings: Settings) -> dict[str, Any]:
+        """Kombu transport options the broker URL needs (``master_name`` behind Sentinel)."""
+        if self.celery_broker_url or not is_redis_url(settings.broker_url):
+            return {}
+        target = celery_broker(settings.broker_url)
+        return target[1] if target is not None else {}
 
 
 def uses_workers(settings: Settings, platform: PlatformSettings) -> bool:
