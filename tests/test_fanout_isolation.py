@@ -39,6 +39,8 @@ def srv(module_server_factory: Any) -> LiveServer:
             "TIDINGS_MAX_CONNECTIONS_PER_USER": "10",
             "TIDINGS_RATE_LIMIT_PER_SECOND": "1000000",
             "TIDINGS_RATE_LIMIT_BURST": "1000000",
+            # 5 MB published as fast as the node fans out: above the default per-user publish byte rate
+            "TIDINGS_PUBLISH_BYTES_PER_SECOND": str(1 << 30),
         }
     )
     for name in ("r0", "r1", "r2", "r3", "r4", "stall", "pub"):
