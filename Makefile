@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck bench bench-redis browser-deps js-deps clean
+.PHONY: run test install generate lint typecheck bench bench-redis browser-deps js-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,9 +17,15 @@ $(UV): $(BIN)/python
 $(STAMP): requirements.lock pyproject.toml | $(UV)
 	$(UV) pip install --python $(BIN)/python --require-hashes -r requirements.lock
 	$(UV) pip install --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m tidings.codegen
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The JavaScript close-code module (web/client/close-codes.js, .d.ts) from src/tidings/close_codes.py; a test
+# fails when the committed files drift from the table.
+generate: $(STAMP)
+	$(BIN)/python -m tidings.codegen
 
 run: $(STAMP)
 	$(BIN)/tidings serve --host 127.0.0.1 --port 8000

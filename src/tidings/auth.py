@@ -11,6 +11,7 @@ import jwt
 from pwdlib import PasswordHash
 
 from tidings.connection import UserInfo
+from tidings.errors import TidingsError
 
 __all__ = [
     "MAX_USER_CACHE_TTL",
@@ -28,7 +29,7 @@ ALGORITHM = "HS256"
 _hasher = PasswordHash.recommended()
 
 
-class AuthError(Exception):
+class AuthError(TidingsError):
     """Authentication failed; ``reason`` is safe to show the client (it becomes a 1008 close reason)."""
 
     def __init__(self, reason: str) -> None:

@@ -17,14 +17,34 @@ from tidings.auth import Authenticator, AuthError
 from tidings.broker import Broker, BrokerUnavailable, Publication, create_broker
 from tidings.channels import ChannelRules
 from tidings.connection import Connection, ConnectionState, UserInfo
+from tidings.errors import TidingsError
 from tidings.hub import Hub
+from tidings.messages import (
+    ConnectionEstablished,
+    ErrorCode,
+    Ping,
+    Pong,
+    Presence,
+    PresenceReply,
+    PresenceUser,
+    Publish,
+    PublishAck,
+    RequestStatus,
+    StatusUpdate,
+    Subscribe,
+    SubscriptionConfirmed,
+    SubscriptionError,
+    Unsubscribe,
+    Unsubscribed,
+    event_body,
+    publication_body,
+)
 from tidings.protocol import (
     ClientMessage,
     CloseCode,
-    ErrorCode,
+    Frame,
     ProtocolError,
-    encode,
-    error_message,
+    error_reply,
     parse_client_message,
 )
 from tidings.settings import Settings
@@ -37,7 +57,7 @@ logger = logging.getLogger("tidings.node")
 StatusProvider = Callable[[UserInfo], Awaitable[dict[str, Any]]]
 
 
-class ConnectionRejected(Exception):
+class ConnectionRejected(TidingsError):
     """A connection that must be closed right after the handshake (code and reason for the client)."""
 
     def __init__(self, code: int, reason: str) -> None:
@@ -129,14 +149,19 @@ class Node:
     # ---- publishing ------------------------------------------------------------------------------------
     async def publish(self, channel: str, data: Any) -> Publication:
         """Publish ``data`` on ``channel``: subscribers get ``{"type": "publication", "channel", "data", ...}``."""
-        return await self.broker.publish(channel, encode({"type": "publication", "channel": channel, "data": data}))
+        return await self.broker.publish(channel, publication_body(channel, data))
 
     async def publish_event(self, channels: str | Iterable[str], event: dict[str, Any]) -> list[Publication]:
-        """Publish a typed event (its own ``type``) on one or more channels; adds ``channel`` to each copy."""
-        if isinstance(channels, str):
-            channels = (channels,)
+        """Publish a typed event (its own ``type``) on one or more channels; adds ``channel`` to each copy.
+
+        Published on several channels at once, each copy lists them all in ``copies`` and every connection
+        receives one copy only: the one of the first listed channel it is subscribed to.
+        """
+        channels = [channels] if isinstance(channels, str) else list(channels)
         event = {"timestamp": time.time(), **event}
-        return [await self.broker.publish(ch, encode({**event, "channel": ch})) for ch in channels]
+        event.pop("copies", None)
+        copies = channels if len(channels) > 1 else None
+        return [await self.broker.publish(ch, event_body(event, ch, copies)) for ch in channels]
 
     async def broadcast(self, message: str, category: str = "general", start_time: str | None = None) -> Publication:
         """Send a ``system_notification`` to every connected client on every node."""
@@ -204,16 +229,8 @@ class Node:
         channels = ["broadcast", f"user:{user.id}"]
         if user.is_admin:
             channels.append("admins")
-        conn.send(
-            {
-                "type": "connection_established",
-                "user_id": user.id,
-                "username": user.username,
-                "role": user.role,
-                "message": "Connected to real-time updates",
-                "channels": channels,
-            }
-        )
+        welcome = ConnectionEstablished(user_id=user.id, username=user.username, role=user.role, channels=channels)
+        conn.enqueue(Frame.of_message(welcome))
         for channel in channels:
             await self._subscribe(conn, channel, position=False)
         if expires_at is not None:
@@ -279,7 +296,7 @@ class Node:
         if gone and self.rules.presence_events(channel):
             await self.publish_event(channel, {"type": "leave", "user": conn.user.public()})
 
-    # ---- inbound messages ------------------------------------------------------------------------------
+    # ---- inbound messages ------------------------------------------------------------------------------------
     async def handle(self, conn: Connection, text: str) -> None:
         """Serve one inbound text frame; every problem becomes an error reply, never an exception."""
         self.messages_received += 1
@@ -287,7 +304,7 @@ class Node:
             msg = parse_client_message(text)
         except ProtocolError as exc:
             if conn.allow_message():
-                conn.send(error_message(exc.code, exc.message, exc.msg_id))
+                conn.enqueue(Frame.of_message(error_reply(exc.code, exc.message, exc.msg_id, exc.field)))
             else:
                 self._rate_limited(conn, exc.msg_id)
             return
@@ -298,102 +315,96 @@ class Node:
             await self._dispatch(conn, msg)
             return
         except ProtocolError as exc:
-            reply = error_message(exc.code, exc.message, exc.msg_id)
+            reply = error_reply(exc.code, exc.message, exc.msg_id, exc.field)
         except BrokerUnavailable:
-            reply = error_message(ErrorCode.UNAVAILABLE, "Broker unavailable; try again shortly", msg.id)
+            reply = error_reply(ErrorCode.UNAVAILABLE, "Broker unavailable; try again shortly", msg.id)
         except Exception:
             logger.exception("error serving a message from %s", conn)
-            reply = error_message(ErrorCode.BAD_REQUEST, "Internal error serving this message", msg.id)
-        conn.send(reply)
+            reply = error_reply(ErrorCode.BAD_REQUEST, "Internal error serving this message", msg.id)
+        conn.enqueue(Frame.of_message(reply))
 
     def _rate_limited(self, conn: Connection, msg_id: Any) -> None:
         """Refuse one message over the rate limit; close with 4002 a client that keeps flooding."""
         if conn.rate_strikes > conn.rate_burst:
             conn.close(CloseCode.RATE_LIMITED, "Rate limit exceeded")
             return
-        conn.send(error_message(ErrorCode.RATE_LIMITED, "Too many messages; slow down", msg_id))
+        conn.enqueue(Frame.of_message(error_reply(ErrorCode.RATE_LIMITED, "Too many messages; slow down", msg_id)))
 
     async def _dispatch(self, conn: Connection, msg: ClientMessage) -> None:
-        reply: dict[str, Any]
-        joined = False
-        if msg.type == "ping":
-            reply = {"type": "pong", "timestamp": time.time()}
-        elif msg.type == "subscribe":
-            reply = await self._on_subscribe(conn, msg)
-            joined = reply["type"] == "subscription_confirmed" and "epoch" in reply
-        elif msg.type == "unsubscribe":
-            reply = await self._on_unsubscribe(conn, msg)
-        elif msg.type == "publish":
-            reply = await self._on_publish(conn, msg)
-        elif msg.type == "presence":
-            reply = await self._on_presence(conn, msg)
-        else:  # request_status
-            reply = await self._status(conn.user)
-        if msg.id is not None:
-            reply["id"] = msg.id
-        conn.send(reply)
-        if joined and msg.channel is not None:
-            await self._join_presence(conn, msg.channel)
+        reply: Any
+        joined: str | None = None
+        match msg:
+            case Ping():
+                reply = Pong(timestamp=time.time(), id=msg.id)
+            case Subscribe():
+                reply = await self._on_subscribe(conn, msg)
+                if isinstance(reply, SubscriptionConfirmed) and reply.epoch is not None:
+                    joined = msg.subscription
+            case Unsubscribe():
+                reply = await self._on_unsubscribe(conn, msg)
+            case Publish():
+                reply = await self._on_publish(conn, msg)
+            case Presence():
+                reply = await self._on_presence(conn, msg)
+            case RequestStatus():
+                reply = await self._status(conn.user, msg.id)
+        conn.enqueue(Frame.of_message(reply))
+        if joined is not None:
+            await self._join_presence(conn, joined)
 
-    async def _on_subscribe(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
-        channel = msg.channel or ""
+    async def _on_subscribe(self, conn: Connection, msg: Subscribe) -> SubscriptionConfirmed | SubscriptionError:
+        channel = msg.subscription
         policy = self.rules.policy(channel)
         if policy is None or not await self.rules.may_subscribe(conn.user, channel):
             code = ErrorCode.INVALID_SUBSCRIPTION if policy is None else ErrorCode.FORBIDDEN
-            return {
-                "type": "subscription_error",
-                "subscription": channel,
-                "code": str(code),
-                "message": f"Invalid subscription: {channel}",
-            }
-        reply: dict[str, Any] = {"type": "subscription_confirmed", "subscription": channel}
+            return SubscriptionError(
+                subscription=channel, code=code, message=f"Invalid subscription: {channel}", id=msg.id
+            )
         if policy.own_events_alias and not conn.user.is_admin:
-            reply["scope"] = f"user:{conn.user.id}"
-            return reply
-        since = None
-        if msg.since_offset is not None and msg.since_epoch is not None:
-            since = (msg.since_offset, msg.since_epoch)
+            return SubscriptionConfirmed(subscription=channel, scope=f"user:{conn.user.id}", id=msg.id)
+        since = (msg.since.offset, msg.since.epoch) if msg.since is not None else None
         if channel in conn.subscriptions:
             if since is None:
                 offset, epoch = await self.broker.position(channel)
-                return {**reply, "offset": offset, "epoch": epoch}
+                return SubscriptionConfirmed(subscription=channel, offset=offset, epoch=epoch, id=msg.id)
             self.hub.unsubscribe(conn, channel)  # resubscribe below, with recovery
         elif len(conn.subscriptions) >= self.settings.max_subscriptions:
-            return {
-                "type": "subscription_error",
-                "subscription": channel,
-                "code": str(ErrorCode.TOO_MANY_SUBSCRIPTIONS),
-                "message": f"Too many subscriptions (limit {self.settings.max_subscriptions})",
-            }
+            return SubscriptionError(
+                subscription=channel,
+                code=ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                message=f"Too many subscriptions (limit {self.settings.max_subscriptions})",
+                id=msg.id,
+            )
         position = await self._subscribe(conn, channel, since)
-        return {**reply, **position}
+        return SubscriptionConfirmed(subscription=channel, id=msg.id, **position)
 
-    async def _on_unsubscribe(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
-        channel = msg.channel or ""
+    async def _on_unsubscribe(self, conn: Connection, msg: Unsubscribe) -> Unsubscribed:
+        channel = msg.subscription
         if channel not in conn.subscriptions or channel in ("broadcast", "admins", f"user:{conn.user.id}"):
             raise ProtocolError(ErrorCode.NOT_FOUND, f"Not subscribed: {channel}", msg.id)
         await self._leave_presence(conn, channel)
         if self.hub.unsubscribe(conn, channel):
             await self.broker.unsubscribe(channel)
-        return {"type": "unsubscribed", "subscription": channel}
+        return Unsubscribed(subscription=channel, id=msg.id)
 
-    async def _on_publish(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
-        channel = msg.channel or ""
+    async def _on_publish(self, conn: Connection, msg: Publish) -> PublishAck:
+        channel = msg.channel
         if not self.rules.may_client_publish(conn.user, channel):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Publishing to {channel} is not allowed", msg.id)
         data = {"user": conn.user.public(), "body": msg.data}
         pub = await self.publish(channel, data)
-        return {"type": "publish_ack", "channel": channel, "offset": pub.offset, "epoch": pub.epoch}
+        return PublishAck(channel=channel, offset=pub.offset, epoch=pub.epoch, id=msg.id)
 
-    async def _on_presence(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
-        channel = msg.channel or ""
+    async def _on_presence(self, conn: Connection, msg: Presence) -> PresenceReply:
+        channel = msg.subscription
         if self.rules.policy(channel) is None or not await self.rules.may_subscribe(conn.user, channel):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Presence of {channel} is not available", msg.id)
-        return {"type": "presence", "subscription": channel, "users": await self.presence(channel)}
+        users = [PresenceUser.model_validate(u) for u in await self.presence(channel)]
+        return PresenceReply(subscription=channel, users=users, id=msg.id)
 
-    async def _status(self, user: UserInfo) -> dict[str, Any]:
+    async def _status(self, user: UserInfo, msg_id: str | int | None = None) -> StatusUpdate:
         stats = await self.stats()
-        status: dict[str, Any] = {"type": "status_update", "active_jobs": 0, "total_properties": 0}
+        status: dict[str, Any] = {}
         if self.status_provider is not None:
             status.update(await self.status_provider(user))
         status.update(
@@ -404,4 +415,5 @@ class Node:
                 "my_connections": self.hub.user_connection_count(user.id),
             }
         )
-        return status
+        status.pop("type", None)
+        return StatusUpdate(**status, id=msg_id)

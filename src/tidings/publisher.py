@@ -29,7 +29,8 @@ from redis.typing import EncodableT
 
 from tidings.broker.base import BrokerUnavailable
 from tidings.broker.redis_scripts import PUBLISH, Keys, body_head
-from tidings.protocol import CHANNEL_RE, encode
+from tidings.messages import event_body, publication_body
+from tidings.protocol import CHANNEL_RE
 from tidings.settings import Settings
 
 __all__ = ["Publisher", "SyncPublisher"]
@@ -62,15 +63,17 @@ class _Messages:
     @staticmethod
     def publication(channel: str, data: Any) -> bytes:
         """``{"type": "publication", "channel", "data"}``."""
-        return encode({"type": "publication", "channel": channel, "data": data})
+        return publication_body(channel, data)
 
     @staticmethod
     def events(channels: str | Iterable[str], event: dict[str, Any]) -> list[tuple[str, bytes]]:
-        """One body per channel: ``event`` plus ``channel`` (and ``timestamp`` if missing)."""
-        if isinstance(channels, str):
-            channels = (channels,)
-        event.setdefault("timestamp", time.time())
-        return [(ch, encode({**event, "channel": ch})) for ch in channels]
+        """One body per channel: ``event`` plus ``channel`` (and ``timestamp`` if missing); with several
+        channels, ``copies`` lists them all (each connection receives one copy, as from a node)."""
+        channels = [channels] if isinstance(channels, str) else list(channels)
+        event = {"timestamp": time.time(), **event}
+        event.pop("copies", None)
+        copies = channels if len(channels) > 1 else None
+        return [(ch, event_body(event, ch, copies)) for ch in channels]
 
     @staticmethod
     def system_notification(message: str, category: str, start_time: str | None) -> dict[str, Any]:

@@ -1,14 +1,15 @@
 """REST endpoints of the hub: admin broadcasts, publishing, presence, stats, health."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from tidings.api.deps import admin_dependency, user_dependency
-from tidings.broker import BrokerUnavailable
+from tidings.api.errors import TidingsRoute
 from tidings.connection import UserInfo
+from tidings.messages import PresenceUser
 from tidings.node import Node
 
 __all__ = ["build_rest_router"]
@@ -29,78 +30,104 @@ class PublishIn(BaseModel):
     data: Any
 
 
-def _unavailable() -> HTTPException:
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Broker unavailable; nothing was published")
+class Sent(BaseModel):
+    """Answer of the notification endpoints."""
+
+    message: str
+
+
+class Published(BaseModel):
+    """Where a publication was stored."""
+
+    channel: str
+    offset: int = Field(description="Position in the channel's stream")
+    epoch: str
+
+
+class PresenceOut(BaseModel):
+    """Users present on a channel."""
+
+    channel: str
+    users: list[PresenceUser]
+
+
+class Stats(BaseModel):
+    """Cluster totals."""
+
+    users: int
+    connections: int
+
+
+class Me(BaseModel):
+    """The user a token belongs to."""
+
+    user_id: int
+    username: str
+    role: str
+
+
+class Health(BaseModel):
+    """Liveness and broker health (status 503 while degraded)."""
+
+    status: Literal["ok", "degraded"]
+    broker: dict[str, Any]
+    connections: int = Field(description="Connections on this node")
 
 
 def build_rest_router(node: Node) -> APIRouter:
-    """The hub's REST routes, bound to ``node``."""
-    router = APIRouter()
+    """The hub's REST routes, bound to ``node``; a broker outage answers 503 (:class:`TidingsRoute`)."""
+    router = APIRouter(route_class=TidingsRoute)
     admin = Annotated[UserInfo, Depends(admin_dependency(node))]
     user_dep = Annotated[UserInfo, Depends(user_dependency(node))]
+    unavailable: dict[int | str, dict[str, Any]] = {503: {"description": "The broker is unavailable"}}
 
-    @router.post("/admin/broadcast", tags=["admin"])
-    async def broadcast(body: BroadcastIn, _: admin) -> dict[str, str]:
+    @router.post("/admin/broadcast", tags=["admin"], responses=unavailable)
+    async def broadcast(body: BroadcastIn, _: admin) -> Sent:
         """Send a ``system_notification`` to every connected client on every node."""
-        try:
-            await node.broadcast(body.message, body.category, body.start_time)
-        except BrokerUnavailable:
-            raise _unavailable() from None
-        return {"message": "Broadcast sent successfully"}
+        await node.broadcast(body.message, body.category, body.start_time)
+        return Sent(message="Broadcast sent successfully")
 
-    @router.post("/admin/notify-admins", tags=["admin"])
-    async def notify_admins(body: BroadcastIn, _: admin) -> dict[str, str]:
+    @router.post("/admin/notify-admins", tags=["admin"], responses=unavailable)
+    async def notify_admins(body: BroadcastIn, _: admin) -> Sent:
         """Send an ``admin_notification`` to administrators' connections only."""
-        try:
-            await node.notify_admins(body.message, body.category)
-        except BrokerUnavailable:
-            raise _unavailable() from None
-        return {"message": "Notification sent successfully"}
+        await node.notify_admins(body.message, body.category)
+        return Sent(message="Notification sent successfully")
 
-    @router.post("/api/publish", tags=["hub"])
-    async def publish(body: PublishIn, _: admin) -> dict[str, Any]:
+    @router.post("/api/publish", tags=["hub"], responses=unavailable)
+    async def publish(body: PublishIn, _: admin) -> Published:
         """Publish ``data`` on ``channel``; its subscribers receive a ``publication``."""
         if node.rules.policy(body.channel) is None:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"Invalid channel: {body.channel}")
-        try:
-            pub = await node.publish(body.channel, body.data)
-        except BrokerUnavailable:
-            raise _unavailable() from None
-        return {"channel": pub.channel, "offset": pub.offset, "epoch": pub.epoch}
+        pub = await node.publish(body.channel, body.data)
+        return Published(channel=pub.channel, offset=pub.offset, epoch=pub.epoch)
 
-    @router.get("/api/presence/{channel}", tags=["hub"])
-    async def presence(channel: str, _: admin) -> dict[str, Any]:
+    @router.get("/api/presence/{channel}", tags=["hub"], responses=unavailable)
+    async def presence(channel: str, _: admin) -> PresenceOut:
         """Users present on ``channel`` across the cluster (admins)."""
         if node.rules.policy(channel) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"Unknown channel: {channel}")
-        try:
-            return {"channel": channel, "users": await node.presence(channel)}
-        except BrokerUnavailable:
-            raise _unavailable() from None
+        users = [PresenceUser.model_validate(u) for u in await node.presence(channel)]
+        return PresenceOut(channel=channel, users=users)
 
-    @router.get("/api/stats", tags=["hub"])
-    async def stats() -> dict[str, int]:
+    @router.get("/api/stats", tags=["hub"], responses=unavailable)
+    async def stats() -> Stats:
         """Connected users and connections (cluster totals)."""
-        try:
-            return await node.stats()
-        except BrokerUnavailable:
-            raise _unavailable() from None
+        return Stats.model_validate(await node.stats())
 
     @router.get("/api/me", tags=["auth"])
-    async def me(user: user_dep) -> dict[str, Any]:
+    async def me(user: user_dep) -> Me:
         """The user the bearer token belongs to."""
-        return {"user_id": user.id, "username": user.username, "role": user.role}
+        return Me(user_id=user.id, username=user.username, role=user.role)
 
-    @router.get("/healthz", tags=["ops"])
+    @router.get(
+        "/healthz", tags=["ops"], response_model=Health, responses={503: {"model": Health, "description": "Degraded"}}
+    )
     async def healthz() -> JSONResponse:
         """Liveness and broker health; 503 while the broker is down (local connections are still served)."""
-        broker = node.broker.info()
         healthy = node.broker.healthy
-        body = {
-            "status": "ok" if healthy else "degraded",
-            "broker": broker,
-            "connections": len(node.hub.connections),
-        }
-        return JSONResponse(body, status_code=200 if healthy else 503)
+        body = Health(
+            status="ok" if healthy else "degraded", broker=node.broker.info(), connections=len(node.hub.connections)
+        )
+        return JSONResponse(body.model_dump(mode="json"), status_code=200 if healthy else 503)
 
     return router

@@ -6,13 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tidings.errors import BrokerUnavailable
 from tidings.protocol import Frame
 
 __all__ = ["Broker", "BrokerUnavailable", "HistoryResult", "Publication", "PublicationHandler"]
-
-
-class BrokerUnavailable(Exception):
-    """The broker cannot be reached; publishing fails loudly instead of dropping (HTTP 503)."""
 
 
 @dataclass(slots=True)

@@ -23,12 +23,13 @@ from tidings.crawler import store
 from tidings.crawler.models import FINAL_STATUSES, CrawlJob, JobStatus
 from tidings.db import User
 from tidings.db.database import DuplicateUser
+from tidings.errors import TidingsError
 
 if TYPE_CHECKING:
     from tidings.crawler.service import Platform
 
 
-class DispatchError(Exception):
+class DispatchError(TidingsError):
     """A job could not be handed to a worker (Celery's broker unreachable); the job is marked failed."""
 
 

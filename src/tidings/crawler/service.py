@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from tidings.channels import ChannelPolicy
 from tidings.connection import UserInfo
+from tidings.crawler import events as _events  # noqa: F401  (registers the platform events)
 from tidings.crawler import store
 from tidings.crawler.api import DispatchError, build_platform_router
 from tidings.crawler.config import PlatformSettings

@@ -16,13 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tidings.auth import hash_password, verify_password
 from tidings.connection import UserInfo
 from tidings.db.models import User
+from tidings.errors import TidingsError
 
 __all__ = ["Database", "DuplicateUser"]
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-class DuplicateUser(Exception):
+class DuplicateUser(TidingsError):
     """A user with that name exists already."""
 
 

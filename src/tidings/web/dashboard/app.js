@@ -109,10 +109,13 @@ client.on('state', ({ state }) => renderState(state));
 client.on('reconnecting', ({ attempt, delay }) => {
   $('#conn').title = `Reconnecting (attempt ${attempt}, in ${Math.round(delay / 100) / 10}s)`;
 });
-client.on('terminal', ({ code, reason }) => {
+client.on('terminal', ({ code, reason, signIn }) => {
   renderState('offline');
-  if (code === 1008 || code === 4500) {
-    showBanner(`Disconnected: ${reason || 'not authorized'}.`);
+  // signIn comes from the close-code table (close-codes.js, generated from the server's): 4003 token expired,
+  // 1008 authentication failures.
+  if (signIn) {
+    document.body.dataset.signIn = 'true';
+    showBanner(`Your session ended (${reason || 'not authorized'}): sign in again.`);
   } else {
     showBanner(`Disconnected (${code ?? 'no connection'}${reason ? `: ${reason}` : ''}).`);
   }
