@@ -9,8 +9,8 @@ import subprocess
 import pytest
 
 from tidings import codegen
-from tidings.close_codes import CLOSE_CODES, CloseAction, CloseCode, close_action, close_info, signs_out
 from tidings.client import close_action as client_close_action
+from tidings.close_codes import CLOSE_CODES, CloseAction, CloseCode, close_action, close_info, signs_out
 
 
 def test_every_code_has_one_row() -> None:

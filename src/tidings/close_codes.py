@@ -93,7 +93,8 @@ class CloseCodeInfo:
 
     ``sent_by_server`` is False for codes only a client sees (1006: the connection dropped without a close frame).
     ``sign_in`` marks closes after which the user must sign in again (when the action ends in ``terminal``);
-    ``sign_in_reasons`` does so for some reasons of a code only (1008's authentication failures).
+    ``sign_in_reasons`` does so for some reasons of a code only (1008's authentication failures; a reason
+    matches when the close reason starts with it).
     ``reason_actions`` overrides the action for a given close reason.
     """
 
@@ -122,7 +123,13 @@ class CloseRange:
 
 
 #: Reasons of a 1008 close that mean the credentials are not (or no longer) good: sign in again.
-AUTH_REASONS = ("Authentication required", "Invalid token", "Token expired", "User not found or inactive")
+AUTH_REASONS = (
+    "Authentication required",
+    "Invalid token",
+    "Token expired",
+    "Token revoked",
+    "User not found or inactive",
+)
 
 _ROWS = (
     CloseCodeInfo(CloseCode.NORMAL, CloseAction.STOP, "Normal closure"),
@@ -216,4 +223,4 @@ def signs_out(code: int | None, reason: str = "") -> bool:
     info = close_info(code)
     if not isinstance(info, CloseCodeInfo):
         return False
-    return info.sign_in or reason in info.sign_in_reasons
+    return info.sign_in or any(reason.startswith(match) for match in info.sign_in_reasons)

@@ -104,7 +104,7 @@ export function closeAction(code, reason = '') {{
 export function signsOut(code, reason = '') {{
   if (code === undefined || code === null || !Object.hasOwn(CLOSE_CODES, code)) return false;
   const info = CLOSE_CODES[code];
-  return info.signIn || info.signInReasons.includes(reason);
+  return info.signIn || info.signInReasons.some((match) => String(reason ?? '').startsWith(match));
 }}
 """
 

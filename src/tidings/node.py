@@ -47,6 +47,7 @@ from tidings.protocol import (
     error_reply,
     parse_client_message,
 )
+from tidings.rooms import RoomRegistry, UserLimits
 from tidings.settings import Settings
 from tidings.transport import Transport
 
@@ -86,18 +87,26 @@ class Node:
             history_size=s.history_size,
             history_ttl=s.history_ttl,
             presence_ttl=s.presence_ttl,
+            history_max_bytes=s.history_max_bytes,
+            history_budget_bytes=s.history_budget_bytes,
+            max_channels=s.max_channels,
         )
         self.authenticator = authenticator
         self.rules = rules or ChannelRules()
         self.status_provider = status_provider
         self.hub = Hub()
+        self.rooms = RoomRegistry(s.max_rooms)
+        self.user_limits = UserLimits(
+            bytes_per_second=s.publish_bytes_per_second,
+            burst_bytes=max(s.publish_burst_bytes, s.max_message_bytes),
+            rooms_per_minute=s.room_create_per_minute,
+        )
         self.started_at = time.time()
         self.messages_received = 0
         self.auth_failures: dict[str, int] = {}
         self.rejections: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._expiry: dict[str, asyncio.TimerHandle] = {}
-        self._channel_locks: dict[str, asyncio.Lock] = {}
         self.running = False
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -145,6 +154,7 @@ class Node:
             for conn in list(self.hub.connections.values()):
                 if conn.last_activity < deadline:
                     conn.close(CloseCode.IDLE_TIMEOUT, "Idle timeout")
+            self.user_limits.prune()
 
     # ---- publishing ------------------------------------------------------------------------------------
     async def publish(self, channel: str, data: Any) -> Publication:
@@ -360,6 +370,10 @@ class Node:
             return SubscriptionError(
                 subscription=channel, code=code, message=f"Invalid subscription: {channel}", id=msg.id
             )
+        if policy.client_publish:
+            refused = self._admit_room(conn.user, channel)
+            if refused is not None:
+                return SubscriptionError(subscription=channel, code=refused.code, message=refused.message, id=msg.id)
         if policy.own_events_alias and not conn.user.is_admin:
             return SubscriptionConfirmed(subscription=channel, scope=f"user:{conn.user.id}", id=msg.id)
         since = (msg.since.offset, msg.since.epoch) if msg.since is not None else None
@@ -391,9 +405,43 @@ class Node:
         channel = msg.channel
         if not self.rules.may_client_publish(conn.user, channel):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Publishing to {channel} is not allowed", msg.id)
+        refused = self._admit_room(conn.user, channel, msg.id)
+        if refused is not None:
+            raise refused
         data = {"user": conn.user.public(), "body": msg.data}
-        pub = await self.publish(channel, data)
+        body = publication_body(channel, data)
+        if not self.user_limits.allow_bytes(conn.user.id, len(body)):
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "Publish byte rate exceeded; slow down", msg.id)
+        pub = await self.broker.publish(channel, body)
         return PublishAck(channel=channel, offset=pub.offset, epoch=pub.epoch, id=msg.id)
+
+    def _admit_room(self, user: UserInfo, channel: str, msg_id: Any = None) -> ProtocolError | None:
+        """Let ``user`` use the chat room ``channel``, creating it if this node does not know it yet.
+
+        Creating follows ``room_creators`` and the user's ``room_create_per_minute``; at ``max_rooms`` the least
+        recently used room without local subscribers is forgotten (with its history), or, when every room has
+        some, creation is refused. Returns the refusal, or None.
+        """
+        if self.rooms.touch(channel):
+            return None
+        s = self.settings
+        if s.room_creators == "admin" and not user.is_admin:
+            return ProtocolError(ErrorCode.FORBIDDEN, f"Only administrators may create rooms ({channel})", msg_id)
+        victim = None
+        if self.rooms.full():
+            victim = self.rooms.evictable(lambda room: room in self.hub.subscribers)
+            if victim is None:
+                return ProtocolError(ErrorCode.UNAVAILABLE, f"Too many rooms (limit {s.max_rooms})", msg_id)
+        if not user.is_admin and not self.user_limits.allow_room(user.id):
+            limit = s.room_create_per_minute
+            return ProtocolError(ErrorCode.RATE_LIMITED, f"Too many new rooms (limit {limit} a minute)", msg_id)
+        if victim is not None:
+            self.rooms.discard(victim)
+            forget = getattr(self.broker, "forget", None)
+            if forget is not None:
+                forget(victim)
+        self.rooms.add(channel)
+        return None
 
     async def _on_presence(self, conn: Connection, msg: Presence) -> PresenceReply:
         channel = msg.subscription

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,6 +38,28 @@ class Settings(BaseSettings):
     history_size: int = Field(1000, ge=0, description="Publications kept per channel for recovery.")
     history_ttl: int = Field(24 * 3600, ge=1, description="Seconds a channel's history is kept after its last publish.")
     presence_ttl: int = Field(30, ge=3, description="Seconds before a dead node's presence entries expire.")
+    history_max_bytes: int = Field(
+        1 << 20, ge=1024, description="Bytes of publications kept per channel for recovery (memory and Redis)."
+    )
+    history_budget_bytes: int = Field(
+        32 << 20,
+        ge=1 << 16,
+        description="Memory broker: bytes of history per node; the least recently used channel's history goes first.",
+    )
+    max_channels: int = Field(
+        10_000, ge=16, description="Memory broker: channels with state per node; idle ones beyond are forgotten."
+    )
+    room_creators: Literal["user", "admin"] = Field(
+        "user", description="Who may create a chat room (a client-publishable channel) by using it: user or admin."
+    )
+    max_rooms: int = Field(
+        1000, ge=1, description="Chat rooms per node; at the cap the least recently used idle room is forgotten."
+    )
+    room_create_per_minute: int = Field(30, ge=1, description="New chat rooms one user may create per minute.")
+    publish_bytes_per_second: int = Field(
+        128 << 10, ge=1024, description="Bytes per second one user may publish over WebSockets (per node)."
+    )
+    publish_burst_bytes: int = Field(1 << 20, ge=1024, description="Publish byte burst of one user (per node).")
     per_message_deflate: bool = Field(False, description="Negotiate permessage-deflate compression.")
     fast_transport: bool = Field(True, description="Use Tidings' own uvicorn WebSocket protocol for fan-out.")
     job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")

@@ -58,18 +58,26 @@ def extract_token(scope: Scope, headers: dict[str, str]) -> tuple[str | None, st
 
 
 def origin_allowed(origin: str | None, headers: dict[str, str], allowed: list[str], scheme: str) -> bool:
-    """Same-origin by default; otherwise the ``ALLOWED_ORIGINS`` list ('*' allows any). No Origin: allowed."""
+    """The server's own origin (the ``Host`` the client connected to) always; plus the ``ALLOWED_ORIGINS`` list
+    ('*' allows any). No Origin (not a browser): allowed."""
     if origin is None:
         return True
     origin = origin.rstrip("/")
     if "*" in allowed or origin in allowed:
         return True
-    if allowed:
-        return False
     parts = urlsplit(origin)
     host = headers.get("host", "")
     same_scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme) == parts.scheme
     return same_scheme and parts.netloc.lower() == host.lower()
+
+
+def origin_refused_reason(origin: str) -> str:
+    """The 1008 close reason for a refused ``Origin``: what to set (close reasons are at most 123 bytes)."""
+    shown = origin.rstrip("/")
+    reason = f"Origin not allowed: add {shown} to TIDINGS_ALLOWED_ORIGINS"
+    if len(reason.encode()) > 123:
+        reason = "Origin not allowed: add this page's origin to TIDINGS_ALLOWED_ORIGINS"
+    return reason
 
 
 class WebSocketEndpoint:
@@ -119,8 +127,10 @@ class WebSocketEndpoint:
         factory = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
         transport: Transport = factory() if factory is not None else ASGITransport(send, on_abort=abort)
         try:
-            if not origin_allowed(headers.get("origin"), headers, node.settings.allowed_origins, scope["scheme"]):
-                raise node.reject("Origin not allowed")
+            origin = headers.get("origin")
+            if not origin_allowed(origin, headers, node.settings.allowed_origins, scope["scheme"]):
+                rejected = node.reject("Origin not allowed")
+                raise ConnectionRejected(rejected.code, origin_refused_reason(origin or ""))
             if not node.running:
                 raise ConnectionRejected(CloseCode.GOING_AWAY, "Server shutting down")
             user, expires_at = await node.authenticate(token)

@@ -29,7 +29,7 @@ export const CLOSE_CODES = Object.freeze({
   1000: Object.freeze({"code": 1000, "name": "NORMAL", "action": "stop", "meaning": "Normal closure", "sentByServer": true, "signIn": false, "signInReasons": [], "reasonActions": {}}),
   1001: Object.freeze({"code": 1001, "name": "GOING_AWAY", "action": "reconnect", "meaning": "Server going away (shutdown, restart): reconnect, to another node, and recover from history", "sentByServer": true, "signIn": false, "signInReasons": [], "reasonActions": {}}),
   1006: Object.freeze({"code": 1006, "name": "ABNORMAL", "action": "reconnect", "meaning": "The connection dropped without a close frame (network failure, heartbeat timeout); never sent", "sentByServer": false, "signIn": false, "signInReasons": [], "reasonActions": {}}),
-  1008: Object.freeze({"code": 1008, "name": "POLICY_VIOLATION", "action": "terminal", "meaning": "Policy violation: authentication, origin or connection limits; the reason says which", "sentByServer": true, "signIn": false, "signInReasons": ["Authentication required", "Invalid token", "Token expired", "User not found or inactive"], "reasonActions": {}}),
+  1008: Object.freeze({"code": 1008, "name": "POLICY_VIOLATION", "action": "terminal", "meaning": "Policy violation: authentication, origin or connection limits; the reason says which", "sentByServer": true, "signIn": false, "signInReasons": ["Authentication required", "Invalid token", "Token expired", "Token revoked", "User not found or inactive"], "reasonActions": {}}),
   1009: Object.freeze({"code": 1009, "name": "MESSAGE_TOO_BIG", "action": "terminal", "meaning": "Message too big (TIDINGS_MAX_MESSAGE_BYTES)", "sentByServer": true, "signIn": false, "signInReasons": [], "reasonActions": {}}),
   1011: Object.freeze({"code": 1011, "name": "INTERNAL_ERROR", "action": "reconnect", "meaning": "Internal server error", "sentByServer": true, "signIn": false, "signInReasons": [], "reasonActions": {}}),
   1013: Object.freeze({"code": 1013, "name": "TRY_AGAIN_LATER", "action": "reconnect", "meaning": "Try again later: the server is overloaded", "sentByServer": true, "signIn": false, "signInReasons": [], "reasonActions": {}}),
@@ -77,5 +77,5 @@ export function closeAction(code, reason = '') {
 export function signsOut(code, reason = '') {
   if (code === undefined || code === null || !Object.hasOwn(CLOSE_CODES, code)) return false;
   const info = CLOSE_CODES[code];
-  return info.signIn || info.signInReasons.includes(reason);
+  return info.signIn || info.signInReasons.some((match) => String(reason ?? '').startsWith(match));
 }

@@ -73,9 +73,11 @@ function toast(kind, title, message) {
   while ($('#toasts').children.length > 6) $('#toasts').lastElementChild.remove();
 }
 
-function showBanner(text) {
+function showBanner(text, { signIn = true } = {}) {
   const banner = $('#banner');
-  banner.replaceChildren(text, ' ', h('a', { href: '#', onclick: (e) => { e.preventDefault(); signOut(); } }, 'Sign in again'));
+  const link = signIn ? h('a', { href: '#', onclick: (e) => { e.preventDefault(); signOut(); } }, 'Sign in again') : null;
+  banner.replaceChildren(text, ' ', link);
+  banner.dataset.signIn = String(signIn);
   banner.hidden = false;
 }
 
@@ -111,11 +113,17 @@ client.on('reconnecting', ({ attempt, delay }) => {
 });
 client.on('terminal', ({ code, reason, signIn }) => {
   renderState('offline');
-  // signIn comes from the close-code table (close-codes.js, generated from the server's): 4003 token expired,
-  // 1008 authentication failures.
+  // signIn comes from the close-code table (close-codes.js, generated from the server's close_codes.py):
+  // 4003 token expired, 1008 authentication failures.
   if (signIn) {
     document.body.dataset.signIn = 'true';
     showBanner(`Your session ended (${reason || 'not authorized'}): sign in again.`);
+  } else if (code === 1008 && /^Origin not allowed/.test(reason ?? '')) {
+    showBanner(`Disconnected by the server: ${reason}, then restart the server.`, { signIn: false });
+  } else if (code === 1008 && reason) {
+    showBanner(`Disconnected: ${reason}.`, { signIn: false });
+  } else if (code === 1008) {
+    showBanner('Disconnected: not authorized.');
   } else {
     showBanner(`Disconnected (${code ?? 'no connection'}${reason ? `: ${reason}` : ''}).`);
   }
