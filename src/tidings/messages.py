@@ -132,6 +132,10 @@ class Presence(_ClientBase):
 
     type: Literal["presence"]
     subscription: ChannelName = Field(validation_alias=AliasChoices("subscription", "channel"))
+    cursor: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = Field(
+        None, description="Members after this user id (the previous page's `cursor`)"
+    )
+    limit: Annotated[StrictInt, Field(ge=1, le=1000)] | None = Field(None, description="Page size (default 1000)")
 
 
 class Publish(_ClientBase):
@@ -240,6 +244,8 @@ class PresenceReply(_ServerBase):
     type: Literal["presence"] = "presence"
     subscription: str
     users: list[PresenceUser]
+    count: int | None = Field(None, description="Members in all")
+    cursor: int | None = Field(None, description="The `cursor` of the next page; absent on the last")
 
 
 class StatusUpdate(_ServerBase):

@@ -63,6 +63,7 @@ _ERROR_TEXT = {
     "string_type": "must be a string",
     "int_type": "must be an integer",
     "greater_than_equal": "must be a non-negative integer",
+    "less_than_equal": "is too large",
     "model_type": "must be an object",
     "dict_type": "must be an object",
 }

@@ -1,21 +1,26 @@
-"""The hub routers' one error handler: :class:`~tidings.errors.BrokerUnavailable` becomes ``503``.
+"""The hub routers' error handling, in one place.
 
-A route class rather than an app-level exception handler, so it works wherever the routers are mounted (Tidings'
-own app or an application's ``include_router``), with nothing to install.
+- :class:`TidingsRoute`: the route class of the hub's routers; :class:`~tidings.errors.BrokerUnavailable` raised
+  by any endpoint becomes one ``503 {"detail": ...}`` answer. A route class rather than an app-level handler, so
+  it works wherever the routers are mounted (Tidings' own app or an application's ``include_router``).
+- :func:`install_error_handlers`: client input the database cannot take becomes a 4xx reply instead of a 500.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import FastAPI, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from tidings.errors import BrokerUnavailable
 
-__all__ = ["UNAVAILABLE_DETAIL", "TidingsRoute", "broker_unavailable_response"]
+__all__ = ["UNAVAILABLE_DETAIL", "TidingsRoute", "broker_unavailable_response", "install_error_handlers"]
+
+logger = logging.getLogger("tidings.api")
 
 #: The ``detail`` of the 503 answer while the broker is down.
 UNAVAILABLE_DETAIL = "Broker unavailable; try again shortly"
@@ -40,3 +45,17 @@ class TidingsRoute(APIRoute):
                 return broker_unavailable_response()
 
         return route_handler
+
+
+async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+    """An integer (an id, an offset) beyond what the database stores (SQLite and PostgreSQL: 64 bits)."""
+    logger.info("%s %s: integer out of range (%s)", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "Integer out of range (at most 9223372036854775807)"},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers on ``app`` (``create_app`` does; a host application may too)."""
+    app.add_exception_handler(OverflowError, _out_of_range)

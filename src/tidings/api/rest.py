@@ -2,10 +2,12 @@
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, status
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from tidings.api.bodies import json_body_openapi, read_json
 from tidings.api.deps import admin_dependency, user_dependency
 from tidings.api.errors import TidingsRoute
 from tidings.connection import UserInfo
@@ -45,10 +47,12 @@ class Published(BaseModel):
 
 
 class PresenceOut(BaseModel):
-    """Users present on a channel."""
+    """One page of the users present on a channel."""
 
     channel: str
     users: list[PresenceUser]
+    count: int = Field(description="Members in all")
+    cursor: int | None = Field(description="The ``cursor`` of the next page; null on the last")
 
 
 class Stats(BaseModel):
@@ -81,33 +85,56 @@ def build_rest_router(node: Node) -> APIRouter:
     user_dep = Annotated[UserInfo, Depends(user_dependency(node))]
     unavailable: dict[int | str, dict[str, Any]] = {503: {"description": "The broker is unavailable"}}
 
-    @router.post("/admin/broadcast", tags=["admin"], responses=unavailable)
-    async def broadcast(body: BroadcastIn, _: admin) -> Sent:
+    limit = node.settings.max_body_bytes
+
+    # Bodies are read after the dependencies (authentication first: 401/403 before 413/422), see api/bodies.py.
+    @router.post(
+        "/admin/broadcast", tags=["admin"], openapi_extra=json_body_openapi(BroadcastIn), responses=unavailable
+    )
+    async def broadcast(request: Request, _: admin) -> Sent:
         """Send a ``system_notification`` to every connected client on every node."""
+        body = await read_json(request, BroadcastIn, limit)
         await node.broadcast(body.message, body.category, body.start_time)
         return Sent(message="Broadcast sent successfully")
 
-    @router.post("/admin/notify-admins", tags=["admin"], responses=unavailable)
-    async def notify_admins(body: BroadcastIn, _: admin) -> Sent:
+    @router.post(
+        "/admin/notify-admins", tags=["admin"], openapi_extra=json_body_openapi(BroadcastIn), responses=unavailable
+    )
+    async def notify_admins(request: Request, _: admin) -> Sent:
         """Send an ``admin_notification`` to administrators' connections only."""
+        body = await read_json(request, BroadcastIn, limit)
         await node.notify_admins(body.message, body.category)
         return Sent(message="Notification sent successfully")
 
-    @router.post("/api/publish", tags=["hub"], responses=unavailable)
-    async def publish(body: PublishIn, _: admin) -> Published:
+    @router.post("/api/publish", tags=["hub"], openapi_extra=json_body_openapi(PublishIn), responses=unavailable)
+    async def publish(request: Request, _: admin) -> Published:
         """Publish ``data`` on ``channel``; its subscribers receive a ``publication``."""
+        body = await read_json(request, PublishIn, limit)
         if node.rules.policy(body.channel) is None:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"Invalid channel: {body.channel}")
-        pub = await node.publish(body.channel, body.data)
+        try:
+            pub = await node.publish(body.channel, body.data)
+        except orjson.JSONEncodeError as exc:
+            detail = f"Data cannot be encoded as JSON: {exc}"
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from None
         return Published(channel=pub.channel, offset=pub.offset, epoch=pub.epoch)
 
     @router.get("/api/presence/{channel}", tags=["hub"], responses=unavailable)
-    async def presence(channel: str, _: admin) -> PresenceOut:
-        """Users present on ``channel`` across the cluster (admins)."""
+    async def presence(
+        channel: str,
+        _: admin,
+        cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    ) -> PresenceOut:
+        """Users present on ``channel`` across the cluster (admins), one page after ``cursor`` (a user id).
+
+        ``count`` is the exact number of members; ``cursor`` is the value for the next page (null on the last).
+        """
         if node.rules.policy(channel) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"Unknown channel: {channel}")
-        users = [PresenceUser.model_validate(u) for u in await node.presence(channel)]
-        return PresenceOut(channel=channel, users=users)
+        page = await node.presence_page(channel, cursor, limit)
+        users = [PresenceUser.model_validate(u) for u in page["users"]]
+        return PresenceOut(channel=channel, users=users, count=page["count"], cursor=page["cursor"])
 
     @router.get("/api/stats", tags=["hub"], responses=unavailable)
     async def stats() -> Stats:
