@@ -927,14 +927,28 @@ async def listen(
     return 0
 
 
-def publish_rest(base_url: str, token: str, channel: str, data: Any, *, timeout: float = 10.0) -> Message:
-    """Publish ``data`` on ``channel`` through ``POST /api/publish`` (an administrator's token); the reply."""
+def publish_rest(
+    base_url: str,
+    token: str,
+    channel: str,
+    data: Any,
+    *,
+    timeout: float = 10.0,
+    idempotency_key: str | None = None,
+) -> Message:
+    """Publish ``data`` on ``channel`` through ``POST /api/publish`` (an administrator's token); the reply.
+
+    ``idempotency_key`` is sent as the ``Idempotency-Key`` header: retrying with it cannot publish twice.
+    """
     import httpx
 
+    headers = {"Authorization": f"Bearer {token}"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
     response = httpx.post(
         f"{base_url.rstrip('/')}/api/publish",
         json={"channel": channel, "data": data},
-        headers={"Authorization": f"Bearer {token}"},
+        headers=headers,
         timeout=timeout,
     )
     response.raise_for_status()

@@ -1,8 +1,10 @@
-"""Generate the JavaScript close-code module (and its type declarations) from :mod:`tidings.close_codes`.
+"""Generate what is derived from the protocol's one source: the JS close-code module and docs/protocol.md's tables.
 
-``python -m tidings.codegen`` writes ``web/client/close-codes.js`` and ``web/client/close-codes.d.ts``;
-``python -m tidings.codegen --check`` exits 1 when they differ from what the table gives (``make generate`` and
-the test suite run them). The JS logic mirrors :func:`tidings.close_codes.close_action` and
+``python -m tidings.codegen`` writes ``web/client/close-codes.js`` and ``web/client/close-codes.d.ts`` (from
+:mod:`tidings.close_codes`) and the generated sections of ``docs/protocol.md`` (from :mod:`tidings.messages` and
+the close-code table, between ``<!-- generated:NAME -->`` and ``<!-- end:NAME -->`` markers);
+``python -m tidings.codegen --check`` exits 1 when a file differs from what the sources give (``make generate``
+and the test suite run them). The JS logic mirrors :func:`tidings.close_codes.close_action` and
 :func:`~tidings.close_codes.signs_out` line for line.
 """
 
@@ -10,14 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from tidings.close_codes import CLOSE_CODES, CLOSE_RANGES, CloseAction, CloseCodeInfo
+from tidings.messages import CLIENT_MESSAGES, SERVER_MESSAGES, ErrorCode
 
 __all__ = ["CLIENT_DIR", "generated_files", "main", "render_close_codes_dts", "render_close_codes_js"]
 
 CLIENT_DIR = Path(__file__).parent / "web" / "client"
+#: docs/protocol.md of a source checkout (absent from an installed package: then it is not generated).
+PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 HEADER = "// GENERATED from src/tidings/close_codes.py by `python -m tidings.codegen`: do not edit (make generate).\n"
 ACTIONS = " | ".join(f"'{a.value}'" for a in CloseAction)
 
@@ -158,12 +168,92 @@ export function signsOut(code: number | undefined, reason?: string): boolean;
 """
 
 
+def _type_of(prop: dict[str, Any]) -> str:
+    if "const" in prop:
+        return json.dumps(prop["const"])
+    if "enum" in prop:
+        return " \\| ".join(json.dumps(v) for v in prop["enum"])
+    if "$ref" in prop:
+        return "object" if not prop["$ref"].endswith("ErrorCode") else "error code"
+    if "anyOf" in prop:
+        kinds = [_type_of(p) for p in prop["anyOf"] if p.get("type") != "null"]
+        return " \\| ".join(dict.fromkeys(kinds)) or "null"
+    kind = prop.get("type")
+    if kind == "array":
+        return f"array of {_type_of(prop.get('items', {}))}"
+    return str(kind or "any")
+
+
+def _fields(model: type[BaseModel], mode: str) -> str:
+    schema = model.model_json_schema(mode=mode)  # type: ignore[arg-type]
+    required = set(schema.get("required", ()))
+    parts = []
+    for name, prop in schema.get("properties", {}).items():
+        if name == "type":
+            continue
+        optional = "" if name in required else "?"
+        parts.append(f"`{name}{optional}`: {_type_of(prop)}")
+    return ", ".join(parts) or "—"
+
+
+def _doc_line(model: type[BaseModel]) -> str:
+    return " ".join((model.__doc__ or "").split()).replace("``", "`").replace("|", "\\|")
+
+
+def render_doc_sections() -> dict[str, str]:
+    """The generated tables of docs/protocol.md, by section name."""
+    from tidings.asyncapi import REPLIES
+
+    client = ["| `type` | fields (`?`: optional) | replies (or `error`) | meaning |", "| --- | --- | --- | --- |"]
+    for msg_type, model in CLIENT_MESSAGES.items():
+        replies = ", ".join(f"`{r}`" for r in REPLIES.get(msg_type, ()))
+        client.append(f"| `{msg_type}` | {_fields(model, 'validation')} | {replies} | {_doc_line(model)} |")
+    server = ["| `type` | fields (`?`: may be absent) | meaning |", "| --- | --- | --- |"]
+    for msg_type, smodel in SERVER_MESSAGES.items():
+        server.append(f"| `{msg_type}` | {_fields(smodel, 'serialization')} | {_doc_line(smodel)} |")
+    codes = ["| code | name | client does | meaning |", "| --- | --- | --- | --- |"]
+    for code, info in CLOSE_CODES.items():
+        action = info.action.value + (", sign in again" if info.sign_in else "")
+        if info.sign_in_reasons:
+            action += f" (sign in again after: {', '.join(info.sign_in_reasons)})"
+        codes.append(f"| {int(code)} | `{info.name}` | {action} | {info.meaning} |")
+    for rng in CLOSE_RANGES:
+        codes.append(f"| {rng.first}-{rng.last} | | {rng.action.value} | {rng.meaning} |")
+    errors = ", ".join(f"`{c.value}`" for c in ErrorCode)
+    return {
+        "client-messages": "\n".join(client),
+        "server-messages": "\n".join(server),
+        "close-codes": "\n".join(codes),
+        "error-codes": f"Error codes: {errors}.",
+    }
+
+
+def _replacer(body: str) -> Callable[[re.Match[str]], str]:
+    def replace(match: re.Match[str]) -> str:
+        return match.group(1) + body + "\n" + match.group(2)
+
+    return replace
+
+
+def render_protocol_doc(text: str) -> str:
+    """``text`` (docs/protocol.md) with every generated section replaced by its current content."""
+    for name, body in render_doc_sections().items():
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- end:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"docs/protocol.md has no <!-- generated:{name} --> section")
+        text = pattern.sub(_replacer(body), text)
+    return text
+
+
 def generated_files() -> dict[Path, str]:
     """Every generated file and the text it must have."""
-    return {
+    files = {
         CLIENT_DIR / "close-codes.js": render_close_codes_js(),
         CLIENT_DIR / "close-codes.d.ts": render_close_codes_dts(),
     }
+    if PROTOCOL_DOC.exists():
+        files[PROTOCOL_DOC] = render_protocol_doc(PROTOCOL_DOC.read_text())
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,6 +101,8 @@ class Node:
             node_lease_ttl=s.node_lease_ttl,
             history_budget_bytes=s.history_budget_bytes,
             max_channels=s.max_channels,
+            idempotency_ttl=s.idempotency_ttl,
+            idempotency_max_keys=s.idempotency_max_keys,
         )
         self.authenticator = authenticator
         self.rules = rules or ChannelRules()
@@ -170,21 +172,33 @@ class Node:
             self.user_limits.prune()
 
     # ---- publishing ------------------------------------------------------------------------------------
-    async def publish(self, channel: str, data: Any) -> Publication:
-        """Publish ``data`` on ``channel``: subscribers get ``{"type": "publication", "channel", "data", ...}``."""
-        return await self.broker.publish(channel, publication_body(channel, data))
+    async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> Publication:
+        """Publish ``data`` on ``channel``: subscribers get ``{"type": "publication", "channel", "data", ...}``.
 
-    async def publish_event(self, channels: str | Iterable[str], event: dict[str, Any]) -> list[Publication]:
+        With ``idempotency_key``, a repeat of the key on the channel within ``TIDINGS_IDEMPOTENCY_TTL`` (cluster-wide
+        with Redis) delivers nothing and returns the original offset (``duplicate`` True): retry a publish whose
+        outcome is unknown (a timeout) with the same key.
+        """
+        body = publication_body(channel, data)
+        return await self.broker.publish(channel, body, idempotency_key=idempotency_key)
+
+    async def publish_event(
+        self, channels: str | Iterable[str], event: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> list[Publication]:
         """Publish a typed event (its own ``type``) on one or more channels; adds ``channel`` to each copy.
 
         Published on several channels at once, each copy lists them all in ``copies`` and every connection
-        receives one copy only: the one of the first listed channel it is subscribed to.
+        receives one copy only: the one of the first listed channel it is subscribed to. ``idempotency_key``
+        applies to each channel (see :meth:`publish`).
         """
         channels = [channels] if isinstance(channels, str) else list(channels)
         event = {"timestamp": time.time(), **event}
         event.pop("copies", None)
         copies = channels if len(channels) > 1 else None
-        return [await self.broker.publish(ch, event_body(event, ch, copies)) for ch in channels]
+        return [
+            await self.broker.publish(ch, event_body(event, ch, copies), idempotency_key=idempotency_key)
+            for ch in channels
+        ]
 
     async def broadcast(self, message: str, category: str = "general", start_time: str | None = None) -> Publication:
         """Send a ``system_notification`` to every connected client on every node."""

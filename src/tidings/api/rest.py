@@ -3,7 +3,7 @@
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -44,6 +44,9 @@ class Published(BaseModel):
     channel: str
     offset: int = Field(description="Position in the channel's stream")
     epoch: str
+    duplicate: bool = Field(
+        False, description="True when the Idempotency-Key was seen before: the original position, nothing delivered"
+    )
 
 
 class PresenceOut(BaseModel):
@@ -107,17 +110,29 @@ def build_rest_router(node: Node) -> APIRouter:
         return Sent(message="Notification sent successfully")
 
     @router.post("/api/publish", tags=["hub"], openapi_extra=json_body_openapi(PublishIn), responses=unavailable)
-    async def publish(request: Request, _: admin) -> Published:
+    async def publish(
+        request: Request,
+        _: admin,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                min_length=1,
+                max_length=200,
+                description="Makes a retry safe: a repeat of the key on the channel within TIDINGS_IDEMPOTENCY_TTL "
+                "returns the original offset (`duplicate: true`) and delivers nothing, cluster-wide.",
+            ),
+        ] = None,
+    ) -> Published:
         """Publish ``data`` on ``channel``; its subscribers receive a ``publication``."""
         body = await read_json(request, PublishIn, limit)
         if node.rules.policy(body.channel) is None:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"Invalid channel: {body.channel}")
         try:
-            pub = await node.publish(body.channel, body.data)
+            pub = await node.publish(body.channel, body.data, idempotency_key=idempotency_key)
         except orjson.JSONEncodeError as exc:
             detail = f"Data cannot be encoded as JSON: {exc}"
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from None
-        return Published(channel=pub.channel, offset=pub.offset, epoch=pub.epoch)
+        return Published(channel=pub.channel, offset=pub.offset, epoch=pub.epoch, duplicate=pub.duplicate)
 
     @router.get("/api/presence/{channel}", tags=["hub"], responses=unavailable)
     async def presence(

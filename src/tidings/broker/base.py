@@ -46,6 +46,8 @@ class Publication:
     offset: int
     epoch: str
     frame: Frame
+    #: True when the publish repeated an idempotency key: the original position, nothing was delivered.
+    duplicate: bool = False
 
 
 @dataclass(slots=True)
@@ -105,8 +107,12 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Stop delivering and release connections."""
 
-    async def publish(self, channel: str, body: bytes) -> Publication:
-        """Give ``body`` (an encoded JSON object) the channel's next offset, store it in history, fan it out."""
+    async def publish(self, channel: str, body: bytes, *, idempotency_key: str | None = None) -> Publication:
+        """Give ``body`` (an encoded JSON object) the channel's next offset, store it in history, fan it out.
+
+        With ``idempotency_key``, a repeat of the key on the channel within the broker's idempotency TTL stores and
+        delivers nothing and returns the original offset and epoch (``duplicate`` True).
+        """
 
     async def subscribe(self, channel: str) -> None:
         """Start receiving the channel's publications on this node."""
