@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tidings.protocol import Frame
+
+if TYPE_CHECKING:
+    from tidings.connection import UserId
 
 __all__ = ["Broker", "BrokerUnavailable", "HistoryResult", "Publication", "PublicationHandler"]
 
@@ -73,16 +76,16 @@ class Broker(Protocol):
     async def presence_add(self, channel: str, conn_id: str, info: dict[str, Any]) -> bool:
         """Record a connection in the channel; True when its user was not present before."""
 
-    async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
+    async def presence_remove(self, channel: str, conn_id: str, user_id: UserId) -> bool:
         """Forget a connection; True when its user has no connection left in the channel."""
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         """Users present in the channel across all nodes, one entry per user."""
 
-    async def connection_add(self, user_id: int, conn_id: str) -> int:
+    async def connection_add(self, user_id: UserId, conn_id: str) -> int:
         """Count a new connection of ``user_id`` cluster-wide; returns the user's count including it."""
 
-    async def connection_remove(self, user_id: int, conn_id: str) -> None:
+    async def connection_remove(self, user_id: UserId, conn_id: str) -> None:
         """Forget a connection."""
 
     async def stats(self) -> dict[str, int]:

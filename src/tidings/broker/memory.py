@@ -6,10 +6,13 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidings.broker.base import HistoryResult, Publication, PublicationHandler
 from tidings.protocol import Frame, with_position
+
+if TYPE_CHECKING:
+    from tidings.connection import UserId
 
 __all__ = ["MemoryBroker"]
 
@@ -32,7 +35,7 @@ class MemoryBroker:
         self._handler: PublicationHandler | None = None
         self._subscribed: set[str] = set()
         self._presence: dict[str, dict[str, dict[str, Any]]] = {}
-        self._connections: dict[int, set[str]] = {}
+        self._connections: dict[UserId, set[str]] = {}
 
     @property
     def healthy(self) -> bool:
@@ -96,7 +99,7 @@ class MemoryBroker:
         members[conn_id] = info
         return new_user
 
-    async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
+    async def presence_remove(self, channel: str, conn_id: str, user_id: UserId) -> bool:
         """Forget a connection; True if its user has left the channel entirely."""
         members = self._presence.get(channel)
         if not members or members.pop(conn_id, None) is None:
@@ -108,18 +111,18 @@ class MemoryBroker:
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         """One entry per user present in the channel."""
-        users: dict[int, dict[str, Any]] = {}
+        users: dict[UserId, dict[str, Any]] = {}
         for entry in self._presence.get(channel, {}).values():
             users.setdefault(entry["user_id"], entry)
-        return sorted(users.values(), key=lambda e: e["user_id"])
+        return sorted(users.values(), key=lambda e: (isinstance(e["user_id"], str), e["user_id"]))
 
-    async def connection_add(self, user_id: int, conn_id: str) -> int:
+    async def connection_add(self, user_id: UserId, conn_id: str) -> int:
         """Count a connection; returns the user's connection count."""
         conns = self._connections.setdefault(user_id, set())
         conns.add(conn_id)
         return len(conns)
 
-    async def connection_remove(self, user_id: int, conn_id: str) -> None:
+    async def connection_remove(self, user_id: UserId, conn_id: str) -> None:
         """Forget a connection."""
         conns = self._connections.get(user_id)
         if conns is not None:

@@ -25,7 +25,7 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -40,6 +40,9 @@ from redis.typing import EncodableT
 from tidings.broker import redis_scripts as lua
 from tidings.broker.base import BrokerUnavailable, HistoryResult, Publication, PublicationHandler
 from tidings.protocol import Frame
+
+if TYPE_CHECKING:
+    from tidings.connection import UserId
 
 __all__ = ["RedisBroker", "redact_url"]
 
@@ -126,10 +129,10 @@ class RedisBroker:
         self._control = f"{prefix}:control:{self.node_id}".encode()
         self._last: dict[str, tuple[str, int]] = {}  # channel -> (epoch, offset) last delivered
         # This node's registrations, replayed after a reconnect (Redis may have lost them).
-        self._local_conns: dict[str, int] = {}  # conn_id -> user_id
+        self._local_conns: dict[str, UserId] = {}  # conn_id -> user_id
         self._local_presence: dict[str, dict[str, str]] = {}  # channel -> conn_id -> entry value
         self._stale_presence: set[tuple[str, str]] = set()  # (channel, conn_id) to delete once Redis is back
-        self._stale_conns: dict[str, int] = {}  # conn_id -> user_id to delete once Redis is back
+        self._stale_conns: dict[str, UserId] = {}  # conn_id -> user_id to delete once Redis is back
         self._sub: AbstractConnection | None = None
         self._connected = False
         self._closing = False
@@ -508,14 +511,14 @@ class RedisBroker:
     async def presence_add(self, channel: str, conn_id: str, info: dict[str, Any]) -> bool:
         """Record a connection in the channel; True when its user had no live connection there before."""
         conn_id = self._cluster_id(conn_id)
-        user_id = int(info["user_id"])
+        user_id = info["user_id"]
         value = f"{self.node_id}|{user_id}|".encode() + orjson.dumps(info)
         self._local_presence.setdefault(channel, {})[conn_id] = value.decode()
         self._stale_presence.discard((channel, conn_id))
         args: list[EncodableT] = [self.prefix, conn_id, user_id, value, self.presence_ttl * 1000]
         return bool(await self._call(lambda: self._pres_add(keys=[self.keys.pres(channel)], args=args)))
 
-    async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
+    async def presence_remove(self, channel: str, conn_id: str, user_id: UserId) -> bool:
         """Forget a connection; True when its user has no live connection left in the channel.
 
         While Redis is unreachable the removal is queued (and False returned) rather than raised, so that a node
@@ -538,14 +541,14 @@ class RedisBroker:
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         """Users present in the channel on live nodes, one entry per user."""
         values = await self._call(lambda: self._pres_get(keys=[self.keys.pres(channel)], args=[self.prefix]))
-        users: dict[int, dict[str, Any]] = {}
+        users: dict[UserId, dict[str, Any]] = {}
         for value in values:
             entry = orjson.loads(value.split(b"|", 2)[2])
-            users.setdefault(int(entry["user_id"]), entry)
-        return [users[uid] for uid in sorted(users)]
+            users.setdefault(entry["user_id"], entry)  # an int or a str id, as the host's UserInfo has it
+        return [users[uid] for uid in sorted(users, key=lambda uid: (isinstance(uid, str), uid))]
 
     # ---- connections -------------------------------------------------------------------------------------
-    async def connection_add(self, user_id: int, conn_id: str) -> int:
+    async def connection_add(self, user_id: UserId, conn_id: str) -> int:
         """Count a connection cluster-wide (atomic add-and-count); while Redis is down, count this node's only."""
         conn_id = self._cluster_id(conn_id)
         self._local_conns[conn_id] = user_id
@@ -557,7 +560,7 @@ class RedisBroker:
             logger.warning("Redis unavailable: counting user %s's connections on this node only", user_id)
             return sum(1 for uid in self._local_conns.values() if uid == user_id)
 
-    async def connection_remove(self, user_id: int, conn_id: str) -> None:
+    async def connection_remove(self, user_id: UserId, conn_id: str) -> None:
         """Forget a connection (retried after a reconnect if Redis is down now)."""
         conn_id = self._cluster_id(conn_id)
         self._local_conns.pop(conn_id, None)
