@@ -8,8 +8,6 @@
   the user's tokens and closes their sockets (1008); a role change closes them with 4004 (reconnect).
 """
 
-from __future__ import annotations
-
 import math
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -92,7 +90,7 @@ def _too_many(wait: float) -> HTTPException:
     )
 
 
-def build_users_router(users: BuiltinUsers) -> APIRouter:
+def build_users_router(users: "BuiltinUsers") -> APIRouter:
     """The token and account routes, bound to one :class:`~tidings.users.service.BuiltinUsers`."""
     router = APIRouter()
     db = users.db
