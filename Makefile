@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
+# `make run PORT=8080 HOST=0.0.0.0`: where `make run` listens (0.0.0.0: every interface)
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: run test install lock lint typecheck bench bench-redis browser-deps js-deps clean
 
@@ -26,7 +29,7 @@ lock: | $(UV)
 	$(UV) pip compile pyproject.toml --extra all --extra dev --python-version 3.11 -o requirements.lock --generate-hashes
 
 run: $(STAMP)
-	$(BIN)/tidings serve --host 127.0.0.1 --port 8000
+	$(BIN)/tidings serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

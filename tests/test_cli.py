@@ -180,9 +180,8 @@ def test_users_passwd(clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(
     "args",
     [
-        ("users", "passwd", "ann"),
         ("users", "create", "x", "--password", "p", "--role", "root"),
-        ("users", "create", "x"),
+        ("users", "create", "x", "--password", "p", "--password-stdin"),
         ("users", "create", "--password", "p"),
         ("users",),
         ("token",),

@@ -235,24 +235,28 @@ async def test_same_origin_and_no_origin_pass_by_default(srv: LiveServer) -> Non
 )
 async def test_foreign_origin_refused_by_default(srv: LiveServer, origin: str) -> None:
     origin = origin.format(port=srv.port)
-    assert await rejected(srv.ws_url(), srv.token("ann"), origin=origin) == (1008, "Origin not allowed")
+    reason = f"Origin not allowed: add {origin} to TIDINGS_ALLOWED_ORIGINS"
+    assert await rejected(srv.ws_url(), srv.token("ann"), origin=origin) == (1008, reason)
 
 
 async def test_origin_checked_before_the_token(srv: LiveServer) -> None:
-    assert await rejected(srv.ws_url(), origin="http://evil.example") == (1008, "Origin not allowed")
+    reason = "Origin not allowed: add http://evil.example to TIDINGS_ALLOWED_ORIGINS"
+    assert await rejected(srv.ws_url(), origin="http://evil.example") == (1008, reason)
 
 
-@pytest.mark.parametrize("origin", ["http://a.example", "http://c.example", None])
+@pytest.mark.parametrize("origin", ["http://a.example", "http://c.example", None, "own"])
 async def test_allowlisted_origins_pass(tight: LiveServer, origin: str | None) -> None:
+    # the server's own origin stays allowed: the allowlist adds to it (the built-in dashboard keeps working)
+    origin = f"http://127.0.0.1:{tight.port}" if origin == "own" else origin
     kwargs = {"origin": origin} if origin else {}
     async with connected(tight, "ann", **kwargs) as ws:
         assert (await request(ws, {"type": "ping"}))["type"] == "pong"
 
 
-@pytest.mark.parametrize("origin", ["http://b.example", "https://a.example", "http://a.example:8080", "own"])
+@pytest.mark.parametrize("origin", ["http://b.example", "https://a.example", "http://a.example:8080"])
 async def test_origins_outside_the_allowlist_are_refused(tight: LiveServer, origin: str) -> None:
-    origin = f"http://127.0.0.1:{tight.port}" if origin == "own" else origin
-    assert await rejected(tight.ws_url(), tight.token("ann"), origin=origin) == (1008, "Origin not allowed")
+    reason = f"Origin not allowed: add {origin} to TIDINGS_ALLOWED_ORIGINS"
+    assert await rejected(tight.ws_url(), tight.token("ann"), origin=origin) == (1008, reason)
 
 
 # ---- messages ------------------------------------------------------------------------------------------------
@@ -640,7 +644,8 @@ def test_extract_token(
         ("null", "h:1", [], "ws", False),
         ("http://a.example", "h:1", ["http://a.example"], "ws", True),
         ("http://a.example/", "h:1", ["http://a.example"], "ws", True),
-        ("http://h:1", "h:1", ["http://a.example"], "ws", False),
+        ("http://h:1", "h:1", ["http://a.example"], "ws", True),  # the own origin stays allowed
+        ("http://h:2", "h:1", ["http://a.example"], "ws", False),
         ("http://anything", "h:1", ["*"], "ws", True),
     ],
 )

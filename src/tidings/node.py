@@ -32,6 +32,7 @@ from tidings.protocol import (
     error_message,
     parse_client_message,
 )
+from tidings.rooms import RoomRegistry, UserLimits
 from tidings.settings import Settings
 from tidings.transport import Transport
 
@@ -73,6 +74,9 @@ class Node:
             history_size=s.history_size,
             history_ttl=s.history_ttl,
             presence_ttl=s.presence_ttl,
+            history_max_bytes=s.history_max_bytes,
+            history_budget_bytes=s.history_budget_bytes,
+            max_channels=s.max_channels,
         )
         self.authenticator = authenticator
         self.authenticate_hook = authenticate
@@ -82,13 +86,18 @@ class Node:
         self.hub = Hub()
         self._conn_meta: dict[str, tuple[ConnInfo, str | None]] = {}  # conn id -> (hook info, token id)
         self._drained = asyncio.Event()  # set when the last connection is forgotten
+        self.rooms = RoomRegistry(s.max_rooms)
+        self.user_limits = UserLimits(
+            bytes_per_second=s.publish_bytes_per_second,
+            burst_bytes=max(s.publish_burst_bytes, s.max_message_bytes),
+            rooms_per_minute=s.room_create_per_minute,
+        )
         self.started_at = time.time()
         self.messages_received = 0
         self.auth_failures: dict[str, int] = {}
         self.rejections: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._expiry: dict[str, asyncio.TimerHandle] = {}
-        self._channel_locks: dict[str, asyncio.Lock] = {}
         self.running = False
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -141,6 +150,7 @@ class Node:
             for conn in list(self.hub.connections.values()):
                 if conn.last_activity < deadline:
                     conn.close(CloseCode.IDLE_TIMEOUT, "Idle timeout")
+            self.user_limits.prune()
 
     def _on_publication(self, pub: Publication) -> None:
         """The broker's handler: node commands on :data:`CONTROL_CHANNEL`, everything else to the hub."""
@@ -441,6 +451,9 @@ class Node:
             reply = error_message(exc.code, exc.message, exc.msg_id)
         except BrokerUnavailable:
             reply = error_message(ErrorCode.UNAVAILABLE, "Broker unavailable; try again shortly", msg.id)
+        except orjson.JSONEncodeError as exc:  # client data the encoder refuses (nested too deep): one line, no trace
+            logger.warning("refused a message from %s: data cannot be encoded (%s)", conn, exc)
+            reply = error_message(ErrorCode.BAD_REQUEST, f"Data cannot be encoded as JSON: {exc}", msg.id)
         except Exception:
             logger.exception("error serving a message from %s", conn)
             reply = error_message(ErrorCode.BAD_REQUEST, "Internal error serving this message", msg.id)
@@ -490,6 +503,15 @@ class Node:
                 "code": str(code),
                 "message": f"Invalid subscription: {channel}",
             }
+        if policy.client_publish:
+            refused = self._admit_room(conn.user, channel)
+            if refused is not None:
+                return {
+                    "type": "subscription_error",
+                    "subscription": channel,
+                    "code": str(refused.code),
+                    "message": refused.message,
+                }
         reply: dict[str, Any] = {"type": "subscription_confirmed", "subscription": channel}
         if policy.own_events_alias and not self.rules.is_admin(conn.user):
             reply["scope"] = f"user:{conn.user.id}"
@@ -526,11 +548,46 @@ class Node:
         if not await self.rules.may_publish(conn.user, channel):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Publishing to {channel} is not allowed", msg.id)
         try:
-            body = self.rules.validate(channel, msg.data)
+            validated = self.rules.validate(channel, msg.data)
         except InvalidPublication as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), msg.id) from None
-        pub = await self._publish(channel, {"user": conn.user.public(), "body": body})
+        refused = self._admit_room(conn.user, channel, msg.id)
+        if refused is not None:
+            raise refused
+        data = {"user": conn.user.public(), "body": validated}
+        body = encode({"type": "publication", "channel": channel, "data": data})
+        if not self.user_limits.allow_bytes(conn.user.id, len(body)):
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "Publish byte rate exceeded; slow down", msg.id)
+        pub = await self.broker.publish(channel, body)
         return {"type": "publish_ack", "channel": channel, "offset": pub.offset, "epoch": pub.epoch}
+
+    def _admit_room(self, user: UserInfo, channel: str, msg_id: Any = None) -> ProtocolError | None:
+        """Let ``user`` use the chat room ``channel``, creating it if this node does not know it yet.
+
+        Creating follows ``room_creators`` and the user's ``room_create_per_minute``; at ``max_rooms`` the least
+        recently used room without local subscribers is forgotten (with its history), or, when every room has
+        some, creation is refused. Returns the refusal, or None.
+        """
+        if self.rooms.touch(channel):
+            return None
+        s = self.settings
+        if s.room_creators == "admin" and not user.is_admin:
+            return ProtocolError(ErrorCode.FORBIDDEN, f"Only administrators may create rooms ({channel})", msg_id)
+        victim = None
+        if self.rooms.full():
+            victim = self.rooms.evictable(lambda room: room in self.hub.subscribers)
+            if victim is None:
+                return ProtocolError(ErrorCode.UNAVAILABLE, f"Too many rooms (limit {s.max_rooms})", msg_id)
+        if not user.is_admin and not self.user_limits.allow_room(user.id):
+            limit = s.room_create_per_minute
+            return ProtocolError(ErrorCode.RATE_LIMITED, f"Too many new rooms (limit {limit} a minute)", msg_id)
+        if victim is not None:
+            self.rooms.discard(victim)
+            forget = getattr(self.broker, "forget", None)
+            if forget is not None:
+                forget(victim)
+        self.rooms.add(channel)
+        return None
 
     async def _on_presence(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
         channel = msg.channel or ""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tidings.files import ensure_private_file
 
 __all__ = ["Settings"]
 
@@ -38,6 +40,28 @@ class Settings(BaseSettings):
     history_size: int = Field(1000, ge=0, description="Publications kept per channel for recovery.")
     history_ttl: int = Field(24 * 3600, ge=1, description="Seconds a channel's history is kept after its last publish.")
     presence_ttl: int = Field(30, ge=3, description="Seconds before a dead node's presence entries expire.")
+    history_max_bytes: int = Field(
+        1 << 20, ge=1024, description="Bytes of publications kept per channel for recovery (memory and Redis)."
+    )
+    history_budget_bytes: int = Field(
+        32 << 20,
+        ge=1 << 16,
+        description="Memory broker: bytes of history per node; the least recently used channel's history goes first.",
+    )
+    max_channels: int = Field(
+        10_000, ge=16, description="Memory broker: channels with state per node; idle ones beyond are forgotten."
+    )
+    room_creators: Literal["user", "admin"] = Field(
+        "user", description="Who may create a chat room (a client-publishable channel) by using it: user or admin."
+    )
+    max_rooms: int = Field(
+        1000, ge=1, description="Chat rooms per node; at the cap the least recently used idle room is forgotten."
+    )
+    room_create_per_minute: int = Field(30, ge=1, description="New chat rooms one user may create per minute.")
+    publish_bytes_per_second: int = Field(
+        128 << 10, ge=1024, description="Bytes per second one user may publish over WebSockets (per node)."
+    )
+    publish_burst_bytes: int = Field(1 << 20, ge=1024, description="Publish byte burst of one user (per node).")
     per_message_deflate: bool = Field(False, description="Negotiate permessage-deflate compression.")
     fast_transport: bool = Field(True, description="Use Tidings' own uvicorn WebSocket protocol for fan-out.")
     job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
@@ -51,6 +75,7 @@ class Settings(BaseSettings):
     )
     login_failure_window: float = Field(60.0, gt=0, description="Seconds over which failed logins are counted.")
     log_level: str = Field("info", description="Log level of the tidings command.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest HTTP request body; larger gets 413.")
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -74,8 +99,7 @@ class Settings(BaseSettings):
         path = self.data_dir / "secret_key"
         if path.exists():
             return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(48)
-        path.touch(mode=0o600)
+        ensure_private_file(path)
         path.write_text(key)
         return key

@@ -32,6 +32,17 @@ Send = Callable[[Message], Awaitable[None]]
 TRANSPORT_EXTENSION = "tidings.transport"
 
 _BINARY_REFUSED = Frame.of(error_message(ErrorCode.BAD_REQUEST, "Binary frames are not supported; send JSON text"))
+_RATE_LIMITED = Frame.of(error_message(ErrorCode.RATE_LIMITED, "Too many messages; slow down"))
+
+
+def _refuse_binary(conn: Connection) -> None:
+    """Answer a binary frame with an error; it counts against the rate limit like any message (flood: 4002)."""
+    if conn.allow_message():
+        conn.enqueue(_BINARY_REFUSED)
+    elif conn.rate_strikes > conn.rate_burst:
+        conn.close(CloseCode.RATE_LIMITED, "Rate limit exceeded")
+    else:
+        conn.enqueue(_RATE_LIMITED)
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -56,18 +67,26 @@ def extract_token(scope: Scope, headers: dict[str, str]) -> tuple[str | None, st
 
 
 def origin_allowed(origin: str | None, headers: dict[str, str], allowed: list[str], scheme: str) -> bool:
-    """Same-origin by default; otherwise the ``ALLOWED_ORIGINS`` list ('*' allows any). No Origin: allowed."""
+    """The server's own origin (the ``Host`` the client connected to) always; plus the ``ALLOWED_ORIGINS`` list
+    ('*' allows any). No Origin (not a browser): allowed."""
     if origin is None:
         return True
     origin = origin.rstrip("/")
     if "*" in allowed or origin in allowed:
         return True
-    if allowed:
-        return False
     parts = urlsplit(origin)
     host = headers.get("host", "")
     same_scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme) == parts.scheme
     return same_scheme and parts.netloc.lower() == host.lower()
+
+
+def origin_refused_reason(origin: str) -> str:
+    """The 1008 close reason for a refused ``Origin``: what to set (close reasons are at most 123 bytes)."""
+    shown = origin.rstrip("/")
+    reason = f"Origin not allowed: add {shown} to TIDINGS_ALLOWED_ORIGINS"
+    if len(reason.encode()) > 123:
+        reason = "Origin not allowed: add this page's origin to TIDINGS_ALLOWED_ORIGINS"
+    return reason
 
 
 class WebSocketEndpoint:
@@ -117,8 +136,10 @@ class WebSocketEndpoint:
         factory = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
         transport: Transport = factory() if factory is not None else ASGITransport(send, on_abort=abort)
         try:
-            if not origin_allowed(headers.get("origin"), headers, node.settings.allowed_origins, scope["scheme"]):
-                raise node.reject("Origin not allowed")
+            origin = headers.get("origin")
+            if not origin_allowed(origin, headers, node.settings.allowed_origins, scope["scheme"]):
+                rejected = node.reject("Origin not allowed")
+                raise ConnectionRejected(rejected.code, origin_refused_reason(origin or ""))
             if not node.running:
                 raise ConnectionRejected(CloseCode.GOING_AWAY, "Server shutting down")
             identity = await node.authenticate_handshake(scope, token)  # the host's authenticate, or the token
@@ -145,8 +166,7 @@ class WebSocketEndpoint:
                     if len(message.get("bytes") or b"") > limit:
                         conn.close(CloseCode.MESSAGE_TOO_BIG, "Message too big")
                         continue
-                    conn.allow_message()
-                    conn.enqueue(_BINARY_REFUSED)
+                    _refuse_binary(conn)
                     continue
                 if len(text) > limit // 4 and len(text.encode()) > limit:
                     conn.close(CloseCode.MESSAGE_TOO_BIG, f"Message too big (limit {limit} bytes)")

@@ -28,7 +28,9 @@ class PlatformSettings(BaseSettings):
     celery_broker_url: str = Field(
         "", description="Celery's broker; default: TIDINGS_BROKER_URL when that is redis://, else no workers."
     )
-    job_queue: str = Field("tidings.jobs", description="Celery queue the crawl jobs go to.")
+    job_queue: str = Field(
+        "", description="Celery queue the crawl jobs go to; default '<TIDINGS_BROKER_PREFIX>.jobs' (tidings.jobs)."
+    )
     job_lease_seconds: float = Field(
         30.0, gt=0, description="A running job whose runner has not renewed its lease for this long is failed."
     )
@@ -64,6 +66,11 @@ class PlatformSettings(BaseSettings):
         if self.sample_site_price_version_file:
             return Path(self.sample_site_price_version_file)
         return settings.data_dir / "sample-site-price-version"
+
+    def queue_name(self, settings: Settings) -> str:
+        """The Celery queue of crawl jobs: ``job_queue``, else derived from the broker prefix (``tidings.jobs``),
+        so installations with different ``TIDINGS_BROKER_PREFIX`` values never take each other's jobs."""
+        return self.job_queue or f"{settings.broker_prefix}.jobs"
 
     def celery_url(self, settings: Settings) -> str | None:
         """Celery's broker URL, or None when jobs run in-process (the embedded default)."""

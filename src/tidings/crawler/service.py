@@ -98,7 +98,7 @@ class Platform:
             from tidings.crawler.celery_app import send_job
 
             try:
-                await asyncio.to_thread(send_job, self._celery, job_id, self.config.job_queue)
+                await asyncio.to_thread(send_job, self._celery, job_id, self.config.queue_name(self.settings))
             except Exception as exc:
                 error = f"could not queue the job: {type(exc).__name__}: {exc}"
                 logger.error("job %s: %s", job_id, error)

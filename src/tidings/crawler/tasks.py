@@ -60,8 +60,7 @@ def run_worker(
     extra: Sequence[str] = (),
 ) -> None:
     """Start a Celery worker consuming crawl jobs (blocks until the worker stops)."""
-    if queue:
-        platform = platform.model_copy(update={"job_queue": queue})
+    platform = platform.model_copy(update={"job_queue": queue or platform.queue_name(settings)})
     app = create_celery(settings, platform)
     register_tasks(app, settings, platform)
     argv = [

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tidings.auth import Credentials
 from tidings.connection import UserInfo
 from tidings.db.models import RevokedToken, User, utcnow
+from tidings.files import ensure_private_file
 from tidings.users.passwords import PasswordPool
 
 __all__ = ["Database", "DuplicateUser", "LastAdmin", "UserChange"]
@@ -72,8 +73,8 @@ class Database:
         self.passwords = passwords or PasswordPool()
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if path and path != ":memory:" and not path.startswith("file:"):
+                ensure_private_file(Path(path.split("?", 1)[0]))  # SQLite gives its journals the file's mode
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 

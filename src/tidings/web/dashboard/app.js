@@ -73,11 +73,17 @@ function toast(kind, title, message) {
   while ($('#toasts').children.length > 6) $('#toasts').lastElementChild.remove();
 }
 
-function showBanner(text) {
+function showBanner(text, { signIn = true } = {}) {
   const banner = $('#banner');
-  banner.replaceChildren(text, ' ', h('a', { href: '#', onclick: (e) => { e.preventDefault(); signOut(); } }, 'Sign in again'));
+  const link = signIn ? h('a', { href: '#', onclick: (e) => { e.preventDefault(); signOut(); } }, 'Sign in again') : null;
+  banner.replaceChildren(text, ' ', link);
+  banner.dataset.signIn = String(signIn);
   banner.hidden = false;
 }
+
+// Close reasons (1008) that a new sign-in can fix; anything else (a refused Origin, too many connections) is a
+// configuration or usage problem, and the banner says what it is without sending the user to sign in.
+const AUTH_REASONS = ['Authentication required', 'Invalid token', 'Token expired', 'User not found or inactive', 'Token revoked'];
 
 // ---- the connection --------------------------------------------------------------------------------------
 const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/authenticated`;
@@ -111,7 +117,11 @@ client.on('reconnecting', ({ attempt, delay }) => {
 });
 client.on('terminal', ({ code, reason }) => {
   renderState('offline');
-  if (code === 1008 || code === 4500) {
+  if (code === 1008 && /^Origin not allowed/.test(reason ?? '')) {
+    showBanner(`Disconnected by the server: ${reason}, then restart the server.`, { signIn: false });
+  } else if (code === 1008 && reason && !AUTH_REASONS.some((r) => reason.startsWith(r))) {
+    showBanner(`Disconnected: ${reason}.`, { signIn: false });
+  } else if (code === 1008 || code === 4500) {
     showBanner(`Disconnected: ${reason || 'not authorized'}.`);
   } else {
     showBanner(`Disconnected (${code ?? 'no connection'}${reason ? `: ${reason}` : ''}).`);
