@@ -114,13 +114,6 @@ def test_module_imports_follow_the_layers(module: str, path: Path) -> None:
     assert not bad, f"{module} ({mine}) imports {bad} at import time; see docs/architecture.md"
 
 
-def test_the_core_modules_are_the_ones_documented() -> None:
-    doc = (SRC.parent.parent / "docs" / "architecture.md").read_text()
-    core = [m for m, _ in modules() if part_of(m) == "core" and m.count(".") <= 1]
-    missing = [m for m in core if f"`{m.removeprefix('tidings.') or 'tidings'}" not in doc and f"`{m}" not in doc]
-    assert not missing, f"core modules missing from docs/architecture.md: {missing}"
-
-
 def test_a_host_app_with_its_own_authenticate_loads_no_extra(tmp_path: Path) -> None:
     """Build and start the hub with a host ``authenticate``: nothing of users, Redis or the platform is loaded,
     no file is written, nothing is printed."""

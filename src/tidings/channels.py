@@ -169,7 +169,12 @@ class ChannelRules:
         self.namespaces: dict[str, Namespace] = dict(CORE_NAMESPACES)
         self.namespaces.update(namespaces or {})
         self.is_admin: AdminCheck = is_admin or is_admin_role
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Flags that keep the publish path free of lookups when no namespace needs them."""
         self.has_models = any(ns.model is not None for ns in self.namespaces.values())
+        self.has_history = any(ns.history is not None for ns in self.namespaces.values())
 
     def declare(self, name: str, namespace: Namespace) -> Namespace:
         """Add or replace the namespace ``name`` (a channel name without ``:``)."""
@@ -178,7 +183,7 @@ class ChannelRules:
         if not isinstance(namespace, Namespace):
             raise TypeError("namespace must be a tidings.Namespace")
         self.namespaces[name] = namespace
-        self.has_models = any(ns.model is not None for ns in self.namespaces.values())
+        self._refresh()
         return namespace
 
     def policy(self, channel: str) -> Namespace | None:
@@ -237,5 +242,7 @@ class ChannelRules:
 
     def history_size(self, channel: str) -> int | None:
         """The namespace's history size, or None for the hub's default."""
+        if not self.has_history:
+            return None
         namespace = self.policy(channel)
         return None if namespace is None else namespace.history

@@ -81,6 +81,8 @@ class Node:
         self.authenticator = authenticator
         self.authenticate_hook = authenticate
         self.rules = rules or ChannelRules()
+        if hasattr(self.broker, "history_limit"):  # namespaces with a history size of their own
+            self.broker.history_limit = self.rules.history_size
         self.hooks = hooks or Hooks()
         self.node_id: str = str(getattr(self.broker, "node_id", "") or secrets.token_hex(6))
         self.hub = Hub()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,8 @@ class MemoryBroker:
         max_channels: int = 10_000,
     ) -> None:
         self.history_size = history_size
+        #: ``channel -> size`` (None: ``history_size``): a namespace's own history size, set by the node
+        self.history_limit: Callable[[str], int | None] | None = None
         self.history_ttl = history_ttl
         self.history_budget_bytes = max(1, history_budget_bytes)
         self.history_max_bytes = max(1, min(history_max_bytes, self.history_budget_bytes))
@@ -131,10 +134,15 @@ class MemoryBroker:
         stream.history.clear()
         stream.epoch = self._new_epoch()
 
-    def _trim(self, stream: _Stream) -> None:
+    def _size(self, channel: str) -> int:
+        size = None if self.history_limit is None else self.history_limit(channel)
+        return self.history_size if size is None else size
+
+    def _trim(self, stream: _Stream, size: int | None = None) -> None:
         """Apply the per-channel bounds (count and bytes) to ``stream``, oldest first."""
         history = stream.history
-        while history and (len(history) > self.history_size or stream.nbytes > self.history_max_bytes):
+        size = self.history_size if size is None else size
+        while history and (len(history) > size or stream.nbytes > self.history_max_bytes):
             cost = _cost(history.popleft())
             stream.nbytes -= cost
             self.history_bytes -= cost
@@ -164,7 +172,8 @@ class MemoryBroker:
         stream.last_publish = time.monotonic()
         payload = with_position(body, stream.offset, stream.epoch)
         pub = Publication(channel, stream.offset, stream.epoch, Frame(payload))
-        if self.history_size:
+        size = self._size(channel)
+        if size:
             # A frame of its own: the delivered one caches its wire bytes for the sockets; history keeps the payload.
             kept = Publication(channel, stream.offset, stream.epoch, Frame(payload))
             cost = _cost(kept)
@@ -176,7 +185,7 @@ class MemoryBroker:
                 self.history_bytes -= stream.nbytes
                 stream.history.clear()
                 stream.nbytes = 0
-            self._trim(stream)
+            self._trim(stream, size)
             self._enforce_budget()
         if self._handler is not None and channel in self._subscribed:
             self._handler(pub)

@@ -97,6 +97,8 @@ class RedisBroker:
         self.url = url
         self.prefix = prefix
         self.history_size = history_size
+        #: ``channel -> size`` (None: ``history_size``): a namespace's own history size, set by the node
+        self.history_limit: Callable[[str], int | None] | None = None
         self.history_ttl = history_ttl
         self.presence_ttl = presence_ttl
         self.reconnect_delay = reconnect_delay
@@ -200,7 +202,9 @@ class RedisBroker:
     async def publish(self, channel: str, body: bytes) -> Publication:
         """Run the publish script: offset, history, ``PUBLISH`` of the final bytes, atomically."""
         head = lua.body_head(body)
-        args: list[EncodableT] = [head, new_epoch(), self.history_size, self.history_ttl, self.keys.pub(channel)]
+        size = None if self.history_limit is None else self.history_limit(channel)
+        size = self.history_size if size is None else size
+        args: list[EncodableT] = [head, new_epoch(), size, self.history_ttl, self.keys.pub(channel)]
         keys = [self.keys.meta(channel), self.keys.hist(channel)]
         offset, epoch = await self._call(lambda: self._publish(keys=keys, args=args))
         payload = b'%s"offset":%d,"epoch":"%s"}' % (head, offset, epoch)
