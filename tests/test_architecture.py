@@ -22,8 +22,8 @@ EXTRAS = {
     "tidings.users": "users",
     "tidings.db": "users",
     "tidings.migrations": "users",
-    "tidings.broker.redis": "redis",
-    "tidings.broker.redis_scripts": "redis",
+    "tidings.broker.redis": "redis",  # and every tidings.broker.redis_* module
+    "tidings.broker.keys": "redis",
     "tidings.publisher": "redis",
     "tidings.crawler": "platform",
     "tidings.app": "platform",
@@ -61,7 +61,12 @@ def part_of(name: str) -> str:
     """The extra a ``tidings`` module or a third-party package belongs to ('core' for the hub)."""
     if name.startswith("tidings"):
         for prefix, extra in EXTRAS.items():
-            if name == prefix or name.startswith(prefix + "."):
+            if (
+                name == prefix
+                or name.startswith(prefix + ".")
+                or (name.startswith("tidings.broker.redis_")
+                and prefix == "tidings.broker.redis")
+            ):
                 return extra
         return "core"
     return EXTRA_PACKAGES.get(name.split(".")[0], "core")
@@ -107,9 +112,7 @@ def test_module_imports_follow_the_layers(module: str, path: Path) -> None:
     if mine == "test":
         return
     bad = sorted(
-        name
-        for name in top_level_imports(ast.parse(path.read_text()), module)
-        if part_of(name) not in allowed
+        name for name in top_level_imports(ast.parse(path.read_text()), module) if part_of(name) not in allowed
     )
     assert not bad, f"{module} ({mine}) imports {bad} at import time; see docs/architecture.md"
 
