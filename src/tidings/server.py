@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.routing import Match, WebSocketRoute
 
+from tidings.api.bodies import BodyLimit
 from tidings.logs import install_redaction
 from tidings.settings import Settings
 
@@ -89,8 +90,9 @@ class WebSocketFastLane:
     saves several KiB per idle connection. Used with Tidings' own WebSocket protocol (``fast_transport``).
     """
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, http: Any = None) -> None:
         self.app = app
+        self.http = http if http is not None else app  # where everything but the fast lane goes
         self._routes: list[WebSocketRoute] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -106,7 +108,7 @@ class WebSocketFastLane:
                     scope.setdefault("app", self.app)
                     await route.handle(scope, receive, send)
                     return
-        await self.app(scope, receive, send)
+        await self.http(scope, receive, send)
 
 
 def _websocket_routes(app: FastAPI) -> list[WebSocketRoute]:
@@ -117,15 +119,16 @@ def _websocket_routes(app: FastAPI) -> list[WebSocketRoute]:
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, host: str, port: int, **extra: object) -> uvicorn.Config:
-    """A uvicorn configuration carrying Tidings' WebSocket limits."""
+    """A uvicorn configuration carrying Tidings' WebSocket limits; request bodies capped (:class:`BodyLimit`)."""
     ws: str | type = "auto"
     if settings.fast_transport:
         try:
             ws = importlib.import_module("tidings.fastws").TidingsWebSocketProtocol
         except ImportError:
             ws = "auto"
+    http_app = BodyLimit(app, settings.max_body_bytes)
     return uvicorn.Config(
-        WebSocketFastLane(app) if ws != "auto" else app,
+        WebSocketFastLane(app, http=http_app) if ws != "auto" else http_app,
         host=host,
         port=port,
         ws=ws,
