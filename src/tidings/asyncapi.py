@@ -66,7 +66,7 @@ def _policy_fields(policy: Any) -> dict[str, Any]:
         fields = {k: v for k, v in vars(policy).items() if not k.startswith("_")}
     out: dict[str, Any] = {}
     for key, value in fields.items():
-        if key == "model" or callable(value):
+        if key == "model" or key.startswith("_") or callable(value):
             continue
         out[key] = value if isinstance(value, str | int | float | bool) or value is None else str(value)
     return out
@@ -221,11 +221,8 @@ def asyncapi_document(
     namespaced_set = set(namespaced)
     ns_doc = []
     for name, fields, ns_model in namespaces:
-        entry: dict[str, Any] = {
-            "name": name,
-            "pattern": f"{name}:<arg>" if name in namespaced_set else name,
-            "policy": fields,
-        }
+        argument = fields.get("argument", name in namespaced_set)
+        entry: dict[str, Any] = {"name": name, "pattern": f"{name}:<arg>" if argument else name, "policy": fields}
         if ns_model is not None:
             entry["publicationData"] = ref(ns_model, "serialization")
         ns_doc.append(entry)

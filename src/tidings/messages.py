@@ -178,7 +178,7 @@ class PresenceUser(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    user_id: int
+    user_id: int | str
     username: str
 
 
@@ -186,7 +186,7 @@ class ConnectionEstablished(_ServerBase):
     """The first message of every connection; it is already subscribed to ``channels``."""
 
     type: Literal["connection_established"] = "connection_established"
-    user_id: int
+    user_id: int | str
     username: str
     role: str
     message: str = "Connected to real-time updates"
@@ -245,7 +245,7 @@ class PresenceReply(_ServerBase):
     subscription: str
     users: list[PresenceUser]
     count: int | None = Field(None, description="Members in all")
-    cursor: int | None = Field(None, description="The `cursor` of the next page; absent on the last")
+    cursor: int | str | None = Field(None, description="The `cursor` of the next page; absent on the last")
 
 
 class StatusUpdate(_ServerBase):
