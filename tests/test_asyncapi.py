@@ -15,11 +15,12 @@ import httpx
 import jsonschema
 import pytest
 import websockets
+from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import LiveServer
 from tidings.asyncapi import asyncapi_document
-from tidings.channels import ChannelRules
+from tidings.channels import ChannelRules, Namespace
 from tidings.close_codes import CLOSE_CODES
 from tidings.messages import CLIENT_MESSAGES, server_message_models
 
@@ -63,7 +64,9 @@ def _server_types_in_source() -> set[str]:
         if path.name in skip or "sample_site" in path.parts:
             continue
         types |= set(re.findall(r'"type":\s*"([a-z_]+)"', path.read_text()))
-    return types - {"http", "websocket", "lifespan"}  # ASGI scope types
+    # ASGI scope types, and the node-to-node command on the control channel (tidings.channels.disconnect_command),
+    # which no client receives
+    return types - {"http", "websocket", "lifespan", "disconnect"}
 
 
 def test_every_message_the_server_can_send_is_in_the_document() -> None:
@@ -80,13 +83,25 @@ def test_every_message_the_server_can_send_is_in_the_document() -> None:
 
 
 def test_close_codes_and_namespaces_are_in_the_document() -> None:
-    doc = asyncapi_document(rules=ChannelRules(), namespaced={"room", "user"})
+    class Order(BaseModel):
+        order_id: int
+        status: str
+
+    rules = ChannelRules()
+    rules.declare("orders", Namespace(model=Order))
+    rules.declare("room", Namespace(publish="clients", presence=True))
+    doc = asyncapi_document(rules=rules)
+    assert validate_document(doc) == []
     codes = {row["code"]: row for row in doc["x-tidings-close-codes"]}
     assert set(codes) == {int(c) for c in CLOSE_CODES}
     assert codes[4003]["class"] == "reconnect" and codes[4003]["signIn"] is True
     assert codes[1008]["class"] == "terminal"
-    rooms = next(ns for ns in doc["x-tidings-namespaces"] if ns["name"] == "room")
-    assert rooms["pattern"] == "room:<arg>" and rooms["policy"]["client_publish"] is True
+    spaces = {ns["name"]: ns for ns in doc["x-tidings-namespaces"]}
+    assert spaces["room"]["pattern"] == "room:<arg>" and spaces["room"]["policy"]["presence"] is True
+    orders = spaces["orders"]
+    assert orders["publicationData"] == {"$ref": "#/components/schemas/Order"}
+    assert set(doc["components"]["schemas"]["Order"]["properties"]) == {"order_id", "status"}
+    assert "publicationData" not in spaces["room"]
 
 
 # ---- a client written only from /asyncapi.json ----------------------------------------------------------------
