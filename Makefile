@@ -53,6 +53,7 @@ bench: $(STAMP) js-deps
 
 bench-redis: $(STAMP)
 	$(BIN)/python -m bench.redis_fanout
+	$(BIN)/python -m bench.redis_shards
 
 clean:
 	rm -rf $(VENV) var test-results node_modules
