@@ -63,6 +63,7 @@ bench: $(STAMP) js-deps
 
 bench-redis: $(STAMP)
 	$(BIN)/python -m bench.redis_fanout
+	$(BIN)/python -m bench.redis_shards
 
 # Issue 9's targets: one user flooding new rooms (memory and Redis), a login flood's effect on another client's ping.
 bench-security: $(STAMP)
