@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-latest install lint typecheck bench bench-idle bench-redis browser-deps js-deps clean
+.PHONY: run test test-latest install generate lock lint typecheck bench bench-idle bench-redis bench-security browser-deps js-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,13 +16,23 @@ $(BIN)/python:
 $(UV): $(BIN)/python
 	$(BIN)/pip install -q uv==0.13.8
 
-# Install the locked dependencies (requirements.lock, hashes checked) and the package itself.
+# Install the locked dependencies of every extra (requirements.lock, hashes checked) and the package itself.
 $(STAMP): requirements.lock pyproject.toml | $(UV)
 	$(UV) pip install --python $(BIN)/python --require-hashes -r requirements.lock
 	$(UV) pip install --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m tidings.codegen
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The JavaScript close-code module (web/client/close-codes.js, .d.ts) from src/tidings/close_codes.py; a test
+# fails when the committed files drift from the table.
+generate: $(STAMP)
+	$(BIN)/python -m tidings.codegen
+
+# Re-lock every extra (all = redis, users, platform) and the dev tools, with hashes.
+lock: | $(UV)
+	$(UV) pip compile pyproject.toml --extra all --extra dev --python-version 3.11 -o requirements.lock --generate-hashes
 
 run: $(STAMP)
 	$(BIN)/tidings serve --host $(HOST) --port $(PORT)
@@ -70,6 +80,11 @@ test-latest: $(UV)
 
 bench-redis: $(STAMP)
 	$(BIN)/python -m bench.redis_fanout
+	$(BIN)/python -m bench.redis_shards
+
+# Issue 9's targets: one user flooding new rooms (memory and Redis), a login flood's effect on another client's ping.
+bench-security: $(STAMP)
+	$(BIN)/python -m bench.security
 
 clean:
 	rm -rf $(VENV) $(LATEST) var test-results node_modules

@@ -113,12 +113,28 @@ def _users_passwd(args: argparse.Namespace, settings: Settings) -> int:
             changed = await db.set_password(args.name, password)
         finally:
             await db.dispose()
-        if not changed:
+        if changed is None:
             print(f"error: no user {args.name!r}", file=sys.stderr)
             return 1
+        _revoke_sockets(settings, changed.id, "Credentials changed")
         return 0
 
     return asyncio.run(run())
+
+
+def _revoke_sockets(settings: Settings, user_id: int, reason: str) -> None:
+    """Close the user's open sockets on every node (Redis broker); with the memory broker the running server
+    cannot be reached from here: older tokens are refused, open sockets stay until they reconnect."""
+    if not settings.broker_url.startswith(("redis://", "rediss://", "redis+")):
+        print("note: open WebSockets of this user close when they reconnect (memory broker)", file=sys.stderr)
+        return
+    from tidings.publisher import SyncPublisher
+
+    try:
+        with SyncPublisher.from_settings(settings) as publisher:
+            publisher.disconnect_user(user_id, 1008, reason)
+    except Exception as exc:
+        print(f"warning: could not reach the broker to close open sockets: {exc}", file=sys.stderr)
 
 
 def _users_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -167,14 +183,14 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
         db = Database(settings.resolved_database_url)
         try:
             await db.migrate()
-            user = await db.active_user(args.name)
+            creds = await db.credentials(args.name)
         finally:
             await db.dispose()
-        if user is None:
+        if creds is None:
             print(f"error: no active user {args.name!r}", file=sys.stderr)
             return 1
         ttl = args.ttl or settings.token_ttl
-        print(create_access_token(user.username, settings.resolved_secret_key, ttl))
+        print(create_access_token(creds.user.username, settings.resolved_secret_key, ttl, version=creds.version))
         return 0
 
     return asyncio.run(run())
@@ -189,10 +205,12 @@ def _local_token(settings: Settings, name: str) -> str | None:
         db = Database(settings.resolved_database_url)
         try:
             await db.migrate()
-            user = await db.active_user(name)
+            creds = await db.credentials(name)
         finally:
             await db.dispose()
-        return None if user is None else create_access_token(user.username, settings.resolved_secret_key, 3600)
+        if creds is None:
+            return None
+        return create_access_token(creds.user.username, settings.resolved_secret_key, 3600, version=creds.version)
 
     return asyncio.run(run())
 
@@ -224,14 +242,14 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: DATA is not JSON: {exc}", file=sys.stderr)
         return 1
     if args.broker:
-        return _publish_to_broker(args.channel, data, settings)
+        return _publish_to_broker(args.channel, data, settings, args.idempotency_key)
     http_url, _ = server_urls(args.url)
     token = args.token or _local_token(settings, args.user or settings.admin_username)
     if not token:
         print("error: no active administrator to sign a token for (use --user or --token)", file=sys.stderr)
         return 1
     try:
-        reply = publish_rest(http_url, token, args.channel, data)
+        reply = publish_rest(http_url, token, args.channel, data, idempotency_key=args.idempotency_key)
     except httpx.HTTPStatusError as exc:
         print(f"error: {exc.response.status_code} {exc.response.text}", file=sys.stderr)
         return 1
@@ -259,20 +277,20 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _publish_to_broker(channel: str, data: object, settings: Settings) -> int:
+def _publish_to_broker(channel: str, data: object, settings: Settings, idempotency_key: str | None = None) -> int:
     """Publish straight into the Redis broker (``TIDINGS_BROKER_URL``), as Celery workers do."""
     import json
 
     from tidings.broker import BrokerUnavailable
-    from tidings.channels import ChannelRules
+    from tidings.crawler.channels import platform_rules
     from tidings.publisher import SyncPublisher
 
-    if ChannelRules().policy(channel) is None:
+    if platform_rules().policy(channel) is None:
         print(f"error: invalid channel {channel!r}", file=sys.stderr)
         return 1
     try:
         with SyncPublisher.from_settings(settings) as publisher:
-            reply = publisher.publish(channel, data)
+            reply = publisher.publish(channel, data, idempotency_key=idempotency_key)
     except (ValueError, BrokerUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -356,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--token", help="an administrator's access token")
     who.add_argument(
         "--broker", action="store_true", help="publish directly into the Redis broker (TIDINGS_BROKER_URL), no server"
+    )
+    p.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="a repeat of KEY on the channel within TIDINGS_IDEMPOTENCY_TTL publishes nothing (safe retries)",
     )
     p.set_defaults(func=_publish)
     return parser

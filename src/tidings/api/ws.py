@@ -16,7 +16,7 @@ from starlette.routing import WebSocketRoute
 
 from tidings.connection import Connection
 from tidings.node import ConnectionRejected, Node
-from tidings.protocol import CloseCode, ErrorCode, Frame, error_message
+from tidings.protocol import CloseCode, ErrorCode, Frame, error_reply
 from tidings.transport import ASGITransport, Transport
 
 __all__ = ["TRANSPORT_EXTENSION", "WebSocketEndpoint", "websocket_routes"]
@@ -31,8 +31,10 @@ Send = Callable[[Message], Awaitable[None]]
 #: ASGI scope extension a server may offer: a callable returning a raw :class:`Transport` for this socket.
 TRANSPORT_EXTENSION = "tidings.transport"
 
-_BINARY_REFUSED = Frame.of(error_message(ErrorCode.BAD_REQUEST, "Binary frames are not supported; send JSON text"))
-_RATE_LIMITED = Frame.of(error_message(ErrorCode.RATE_LIMITED, "Too many messages; slow down"))
+_BINARY_REFUSED = Frame.of_message(
+    error_reply(ErrorCode.BAD_REQUEST, "Binary frames are not supported; send JSON text")
+)
+_RATE_LIMITED = Frame.of_message(error_reply(ErrorCode.RATE_LIMITED, "Too many messages; slow down"))
 
 
 def _refuse_binary(conn: Connection) -> None:
@@ -148,10 +150,14 @@ class WebSocketEndpoint:
                 raise ConnectionRejected(rejected.code, origin_refused_reason(origin or ""))
             if not node.running:
                 raise ConnectionRejected(CloseCode.GOING_AWAY, "Server shutting down")
-            user, expires_at = await node.authenticate(token)
+            identity = await node.authenticate_handshake(scope, token)  # the host's authenticate, or the token
+            user = identity.user
             if self.match_path_user and str(scope.get("path_params", {}).get("user_id")) != str(user.id):
                 raise node.reject("User id mismatch")
-            return await node.connect(user, transport, expires_at)
+            client = scope.get("client")
+            return await node.connect(
+                user, transport, identity.expires_at, token_id=identity.token_id, client=client[0] if client else None
+            )
         except ConnectionRejected as exc:
             await send({"type": "websocket.close", "code": exc.code, "reason": exc.reason})
             return None
@@ -178,7 +184,11 @@ class WebSocketEndpoint:
                 return False
             await node.handle(conn, text)
             return False
-        return bool(kind == "websocket.disconnect")
+        if kind == "websocket.disconnect":
+            if conn.close_code is None:  # the client closed (or dropped): its code for on_disconnect
+                conn.close_code = message.get("code", 1005)
+            return True
+        return False
 
 
 class _DetachedTransport(Protocol):

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from tidings.errors import BrokerUnavailable
 from tidings.protocol import Frame
+
+if TYPE_CHECKING:
+    from tidings.connection import UserId
 
 __all__ = [
     "Broker",
@@ -37,10 +41,6 @@ __all__ = [
 ]
 
 
-class BrokerUnavailable(Exception):
-    """The broker cannot be reached; publishing fails loudly instead of dropping (HTTP 503)."""
-
-
 @dataclass(slots=True)
 class Publication:
     """One message published on a channel: its position in the channel's stream and its encoded frame."""
@@ -49,6 +49,8 @@ class Publication:
     offset: int
     epoch: str
     frame: Frame
+    #: True when the publish repeated an idempotency key: the original position, nothing was delivered.
+    duplicate: bool = False
 
 
 @dataclass(slots=True)
@@ -72,7 +74,7 @@ class ReapedConnection:
 
     node_id: str
     conn_id: str
-    user_id: int
+    user_id: UserId
     info: dict[str, Any]
     channels: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
@@ -108,8 +110,12 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Stop delivering and release connections."""
 
-    async def publish(self, channel: str, body: bytes) -> Publication:
-        """Give ``body`` (an encoded JSON object) the channel's next offset, store it in history, fan it out."""
+    async def publish(self, channel: str, body: bytes, *, idempotency_key: str | None = None) -> Publication:
+        """Give ``body`` (an encoded JSON object) the channel's next offset, store it in history, fan it out.
+
+        With ``idempotency_key``, a repeat of the key on the channel within the broker's idempotency TTL stores and
+        delivers nothing and returns the original offset and epoch (``duplicate`` True).
+        """
 
     async def subscribe(self, channel: str) -> None:
         """Start receiving the channel's publications on this node."""
@@ -126,16 +132,16 @@ class Broker(Protocol):
     async def presence_add(self, channel: str, conn_id: str, info: dict[str, Any]) -> bool:
         """Record a connection in the channel; True when its user was not present before."""
 
-    async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
+    async def presence_remove(self, channel: str, conn_id: str, user_id: UserId) -> bool:
         """Forget a connection; True when its user has no connection left in the channel."""
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         """Users present in the channel across all nodes, one entry per user."""
 
-    async def connection_add(self, user_id: int, conn_id: str) -> int:
+    async def connection_add(self, user_id: UserId, conn_id: str) -> int:
         """Count a new connection of ``user_id`` cluster-wide; returns the user's count including it."""
 
-    async def connection_remove(self, user_id: int, conn_id: str) -> None:
+    async def connection_remove(self, user_id: UserId, conn_id: str) -> None:
         """Forget a connection."""
 
     async def stats(self) -> dict[str, int]:
@@ -160,7 +166,7 @@ class CountedPresence(Protocol):
     async def presence_join(self, channel: str, conn_id: str, info: dict[str, Any]) -> tuple[bool, int]:
         """:meth:`Broker.presence_add`, and the channel's member count (users) after it."""
 
-    async def presence_leave(self, channel: str, conn_id: str, user_id: int) -> tuple[bool, int]:
+    async def presence_leave(self, channel: str, conn_id: str, user_id: UserId) -> tuple[bool, int]:
         """:meth:`Broker.presence_remove`, and the channel's member count after it."""
 
     async def presence_page(self, channel: str, after: int = 0, limit: int = 100) -> PresencePage:

@@ -41,11 +41,15 @@ class PlatformSettings(BaseSettings):
     )
     job_timeout: float = Field(3600.0, ge=0, description="Seconds a crawl may run before it is failed; 0: no limit.")
     max_target_urls: int = Field(20, ge=1, description="Most target URLs one job may have.")
+    crawl_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts crawls may reach although the egress policy refuses them (host, host:port, *.suffix).",
+    )
     sample_site_price_version_file: str = Field(
         "", description="File holding the sample site's price version; default data_dir/sample-site-price-version."
     )
 
-    @field_validator("spiders", mode="before")
+    @field_validator("spiders", "crawl_allowed_hosts", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,7 +1,9 @@
 """The crawler platform on top of a :class:`~tidings.service.Tidings` hub: ``install_platform(app, hub)``.
 
-It adds the REST API (:mod:`tidings.crawler.api`), the ``job:<id>`` channel's owner check, the
-``request_status`` counts (from the database), the sample site at ``/sample-site``, and runs jobs:
+It is an application of the hub's public API only: it declares its channels (:mod:`tidings.crawler.channels`)
+with ``hub.namespace``, adds the ``request_status`` counts with ``hub.status_provider``, migrates its own Alembic
+branch (``platform``), includes its REST API (:mod:`tidings.crawler.api`), mounts the sample site at
+``/sample-site``, and runs jobs:
 
 * embedded default (``TIDINGS_BROKER_URL=memory://``): in this process, as asyncio tasks (nothing else to start);
 * with Redis (``TIDINGS_BROKER_URL=redis://...``): jobs are sent to Celery workers (``tidings worker``), whose
@@ -21,11 +23,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from tidings.channels import ChannelPolicy
 from tidings.connection import UserInfo
+from tidings.crawler import events as _events  # noqa: F401  (registers the platform events)
 from tidings.crawler import store
 from tidings.crawler.api import DispatchError, build_platform_router
+from tidings.crawler.channels import platform_namespaces
 from tidings.crawler.config import PlatformSettings
+from tidings.crawler.egress import LOOPBACK_NAMES, SAMPLE_SITE_PREFIX, EgressPolicy, SelfOrigin
 from tidings.crawler.jobs import JobRunner, Reaper, worker_name
 from tidings.crawler.models import CrawlJob, JobStatus
 from tidings.crawler.notify import CANCELLED_ERROR, JobNotifier
@@ -52,7 +56,10 @@ class Platform:
             self.config,
             progress_every=self.settings.job_progress_every,
             worker=worker_name("server"),
+            egress=self.egress_policy,
         )
+        self.app: FastAPI | None = None
+        self._origins: set[tuple[str, int]] = set()
         self.reaper = Reaper(self.db, self.node, self.config)
         self._tasks: dict[int, asyncio.Task[Any]] = {}
         self._celery: Any = None
@@ -64,10 +71,26 @@ class Platform:
         """``"celery"`` when jobs go to workers, ``"embedded"`` when they run in this process."""
         return "celery" if self.celery_url else "embedded"
 
+    # ---- where crawls may go -------------------------------------------------------------------------------
+    def learn_origin(self, server: object) -> None:
+        """Remember an address this server answers on (an ASGI scope's ``server``: the socket's own address)."""
+        if isinstance(server, tuple | list) and len(server) >= 2 and isinstance(server[1], int):
+            self._origins.add((str(server[0]), server[1]))
+
+    def egress_policy(self) -> EgressPolicy:
+        """The crawl egress policy: ``TIDINGS_CRAWL_ALLOWED_HOSTS``, plus this server's own sample site (its ports
+        on loopback and on the address it listens on, paths under ``/sample-site/``)."""
+        policy = EgressPolicy.build(self.config.crawl_allowed_hosts)
+        state = getattr(self.app, "state", None)
+        for host, port in sorted(self._origins | set(getattr(state, "listen_addresses", ()))):
+            hosts = LOOPBACK_NAMES if host in ("", "0.0.0.0", "::") else LOOPBACK_NAMES | {host.lower()}
+            policy = policy.with_self_origin(SelfOrigin(port, frozenset(hosts), SAMPLE_SITE_PREFIX))
+        return policy
+
     # ---- hooks into the hub ------------------------------------------------------------------------------
     async def owns_job(self, user: UserInfo, job_id: str) -> bool:
         """Owner check of ``job:<id>``: the job's owner (admins pass before this is asked)."""
-        if not job_id.isdigit():
+        if not job_id.isdigit() or len(job_id) > 18:
             return False
         return await store.job_owner(self.db, int(job_id)) == user.id
 
@@ -79,14 +102,17 @@ class Platform:
         }
 
     def install(self, app: FastAPI) -> None:
-        """Add the routes, the channel rule, the status provider and the sample site to ``app``."""
+        """Declare the channels and the status provider on the hub; add the routes and the sample site."""
         from tidings.crawler.sample_site import create_sample_site_app, price_version_from_file
 
-        self.node.rules.register("job", ChannelPolicy(subscribe="owner"), self.owns_job)
-        self.node.status_provider = self.status
+        self.app = app
+        for name, namespace in platform_namespaces(self.owns_job).items():
+            self.hub.namespace(name, namespace)
+        self.hub.status_provider(self.status)
         app.include_router(self.router)
         version_file = self.config.price_version_path(self.settings)
-        app.mount("/sample-site", create_sample_site_app(price_version_from_file(version_file)), name="sample-site")
+        site = create_sample_site_app(price_version_from_file(version_file))
+        app.mount(SAMPLE_SITE_PREFIX.rstrip("/"), site, name="sample-site")
 
     # ---- jobs --------------------------------------------------------------------------------------------
     async def dispatch(self, job_id: int) -> None:
@@ -95,7 +121,9 @@ class Platform:
             from tidings.crawler.celery_app import send_job
 
             try:
-                await asyncio.to_thread(send_job, self._celery, job_id, self.config.queue_name(self.settings))
+                egress = self.egress_policy().to_setting()
+                queue = self.config.queue_name(self.settings)
+                await asyncio.to_thread(send_job, self._celery, job_id, queue, egress)
             except Exception as exc:
                 error = f"could not queue the job: {type(exc).__name__}: {exc}"
                 logger.error("job %s: %s", job_id, error)
@@ -139,7 +167,8 @@ class Platform:
     async def run(self) -> AsyncIterator[Platform]:
         """Connect Celery (if configured), start the reaper, resume pending in-process jobs; stop on exit.
 
-        Enter it inside the hub's ``run()`` (the database is migrated and the node started)."""
+        Enter it inside the hub's ``run()`` (the users' tables exist and the node started)."""
+        await self.db.migrate("platform@head")
         if self.celery_url:
             from tidings.crawler.celery_app import create_celery
 

@@ -17,9 +17,12 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = [
     "DEFLATE_MIN_BYTES",
@@ -131,6 +134,13 @@ class Frame:
     def of(cls, obj: dict[str, Any]) -> Frame:
         """Encode a message dict into a frame."""
         return cls(orjson.dumps(obj))
+
+    @classmethod
+    def of_message(cls, message: BaseModel) -> Frame:
+        """Encode a message model into a frame."""
+        from tidings.messages import encode_message  # the message models import this module's Frame
+
+        return cls(encode_message(message))
 
     @property
     def text(self) -> str:

@@ -39,6 +39,19 @@ function signOut(reason) {
   location.assign(`/login?next=${next}${reason ? `&reason=${encodeURIComponent(reason)}` : ''}`);
 }
 
+/** The sign-out button: revoke this token on the server (its sockets close on every node), then sign out here. */
+async function logout() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) {
+    try {
+      await fetch('/auth/logout', { method: 'POST', headers: { Authorization: `Bearer ${token}` }, keepalive: true });
+    } catch {
+      // offline: the token still ends at its expiry
+    }
+  }
+  signOut();
+}
+
 /** fetch() with the bearer token; JSON in and out; a 401 sends the user back to the sign-in page. */
 async function api(path, { method = 'GET', body } = {}) {
   const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` };
@@ -81,10 +94,6 @@ function showBanner(text, { signIn = true } = {}) {
   banner.hidden = false;
 }
 
-// Close reasons (1008) that a new sign-in can fix; anything else (a refused Origin, too many connections) is a
-// configuration or usage problem, and the banner says what it is without sending the user to sign in.
-const AUTH_REASONS = ['Authentication required', 'Invalid token', 'Token expired', 'User not found or inactive', 'Token revoked'];
-
 // ---- the connection --------------------------------------------------------------------------------------
 const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/authenticated`;
 const client = new TidingsClient(wsUrl, {
@@ -115,14 +124,19 @@ client.on('state', ({ state }) => renderState(state));
 client.on('reconnecting', ({ attempt, delay }) => {
   $('#conn').title = `Reconnecting (attempt ${attempt}, in ${Math.round(delay / 100) / 10}s)`;
 });
-client.on('terminal', ({ code, reason }) => {
+client.on('terminal', ({ code, reason, signIn }) => {
   renderState('offline');
-  if (code === 1008 && /^Origin not allowed/.test(reason ?? '')) {
+  // signIn comes from the close-code table (close-codes.js, generated from the server's close_codes.py):
+  // 4003 token expired, 1008 authentication failures.
+  if (signIn) {
+    document.body.dataset.signIn = 'true';
+    showBanner(`Your session ended (${reason || 'not authorized'}): sign in again.`);
+  } else if (code === 1008 && /^Origin not allowed/.test(reason ?? '')) {
     showBanner(`Disconnected by the server: ${reason}, then restart the server.`, { signIn: false });
-  } else if (code === 1008 && reason && !AUTH_REASONS.some((r) => reason.startsWith(r))) {
+  } else if (code === 1008 && reason) {
     showBanner(`Disconnected: ${reason}.`, { signIn: false });
-  } else if (code === 1008 || code === 4500) {
-    showBanner(`Disconnected: ${reason || 'not authorized'}.`);
+  } else if (code === 1008) {
+    showBanner('Disconnected: not authorized.');
   } else {
     showBanner(`Disconnected (${code ?? 'no connection'}${reason ? `: ${reason}` : ''}).`);
   }
@@ -621,6 +635,16 @@ async function refreshViewers() {
   }
 }
 
+// Only http(s) URLs become links (a stored javascript: or data: URL is shown as text, never followed).
+function httpUrl(value) {
+  try {
+    const url = new URL(String(value));
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
 async function loadProperty(id) {
   const facts = $('#property-facts');
   try {
@@ -632,7 +656,7 @@ async function loadProperty(id) {
       ...fact('Location', p.location),
       ...fact('Bedrooms', p.bedrooms),
       ...fact('Area', p.area_m2 == null ? null : `${p.area_m2} m²`),
-      ...fact('Listing', h('a', { href: p.url, target: '_blank', rel: 'noopener noreferrer' }, p.url)),
+      ...fact('Listing', httpUrl(p.url) ? h('a', { href: httpUrl(p.url), target: '_blank', rel: 'noopener noreferrer' }, p.url) : p.url),
     );
     $('#property-history').replaceChildren(
       ...(p.price_history.length
@@ -726,7 +750,7 @@ async function start() {
   $('#whoami').replaceChildren(h('strong', {}, me.username), h('span', { class: 'badge role' }, me.role));
   document.body.dataset.role = me.role;
   for (const el of document.querySelectorAll('.admin-only')) el.hidden = me.role !== 'admin';
-  $('#logout').addEventListener('click', () => signOut());
+  $('#logout').addEventListener('click', () => logout());
 
   client.connect().catch(() => {}); // failures are reported through the state and terminal events
   // Job events: our own arrive on user:<id> (administrators: every job on job_updates). Subscribing explicitly
