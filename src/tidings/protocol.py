@@ -42,6 +42,7 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
     SLOW_CONSUMER = 4000
     IDLE_TIMEOUT = 4001
     RATE_LIMITED = 4002
@@ -53,6 +54,7 @@ class CloseCode(IntEnum):
         return self in {
             CloseCode.GOING_AWAY,
             CloseCode.INTERNAL_ERROR,
+            CloseCode.TRY_AGAIN_LATER,
             CloseCode.SLOW_CONSUMER,
             CloseCode.IDLE_TIMEOUT,
             CloseCode.RATE_LIMITED,

@@ -68,6 +68,22 @@ class Settings(BaseSettings):
     admin_username: str = Field("admin", description="Account created on first start with an empty database.")
     log_level: str = Field("info", description="Log level of the tidings command.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest HTTP request body; larger gets 413.")
+    handshake_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection may take to send its HTTP request or WebSocket upgrade."
+    )
+    max_connections: int = Field(10000, ge=1, description="Open TCP connections per node (tidings serve).")
+    max_connections_per_ip: int = Field(256, ge=1, description="Open connections per client IP (tidings serve).")
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Proxies whose X-Forwarded-For is believed (comma-separated IPs or networks; '*' for any).",
+    )
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_ips(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
