@@ -3,7 +3,7 @@
 It keeps one authenticated WebSocket open and handles the unhappy paths:
 
 - reconnects with exponential backoff and jitter (capped), and stops for good on terminal close codes
-  (1008, 1009, 4500-4999) with a :class:`TerminalError`;
+  (1008 but "Too many connections", 1009, 4500-4999) with a :class:`TerminalError`;
 - sends ``{"type": "ping"}`` heartbeats and replaces a connection that stays silent after one;
 - resubscribes after a reconnect with ``{"since": {"offset", "epoch"}}`` from the last offset seen per channel,
   and reports ``recovered: false`` (``recovery_failed``) when the server could not replay what was missed;
@@ -147,10 +147,17 @@ class ClientState(enum.StrEnum):
     OFFLINE = "offline"
 
 
-def close_action(code: int) -> str:
-    """What to do after a close with ``code``: ``stop``, ``terminal``, ``pause`` (4002) or ``reconnect``."""
+def close_action(code: int, reason: str = "") -> str:
+    """What to do after a close with ``code`` (and ``reason``): ``stop``, ``terminal``, ``pause`` or ``reconnect``.
+
+    ``pause`` (reconnect after the longest delay): 4002 and 1008 "Too many connections" (the user's connection
+    limit; a dead node's connections are released within seconds). Other 1008s, 1009 and 4500-4999 are terminal;
+    1013 "Try again later" (a server at its connection cap) and everything else reconnect with backoff.
+    """
     if code == 1000:
         return "stop"
+    if code == 1008 and reason.lower().startswith("too many connections"):
+        return "pause"
     if code in (1008, 1009) or 4500 <= code <= 4999:
         return "terminal"
     if code == 4002:
@@ -503,7 +510,7 @@ class TidingsClient:
             was_established, self._established = self._established, False
             if was_established:
                 attempt = 0
-            action = close_action(code)
+            action = close_action(code, reason)
             will_reconnect = action in ("reconnect", "pause")
             attempt += 1
             gave_up = self.max_reconnect_attempts is not None and attempt > self.max_reconnect_attempts

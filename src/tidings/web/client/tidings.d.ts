@@ -236,14 +236,15 @@ export const CloseCode: Readonly<{
   POLICY_VIOLATION: 1008;
   MESSAGE_TOO_BIG: 1009;
   INTERNAL_ERROR: 1011;
+  TRY_AGAIN_LATER: 1013;
   SLOW_CONSUMER: 4000;
   IDLE_TIMEOUT: 4001;
   RATE_LIMITED: 4002;
   TOKEN_EXPIRED: 4500;
 }>;
 
-/** What the client does after a close with `code`. */
-export function closeAction(code: number): 'stop' | 'terminal' | 'pause' | 'reconnect';
+/** What the client does after a close with `code` (and `reason`: 1008 "Too many connections" is retried). */
+export function closeAction(code: number, reason?: string): 'stop' | 'terminal' | 'pause' | 'reconnect';
 
 /** Delay before reconnect attempt `attempt` (1-based), ms. */
 export function backoffDelay(

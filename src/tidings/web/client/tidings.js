@@ -485,7 +485,7 @@ export class TidingsClient {
   /** The socket closed (or was abandoned) with `code`: stop, report or reconnect. */
   #closed(code, reason, wasClean) {
     this.#connectionLost();
-    const action = closeAction(code);
+    const action = closeAction(code, reason);
     const retry = action === 'reconnect' || action === 'pause';
     if (retry && this.#attempt < this.#opts.maxReconnectAttempts) {
       this.#attempt++;
