@@ -16,7 +16,15 @@ from typing import Any
 import orjson
 
 from tidings.auth import Authenticator, AuthError
-from tidings.broker import Broker, BrokerUnavailable, Publication, create_broker
+from tidings.broker import (
+    Broker,
+    BrokerUnavailable,
+    CountedPresence,
+    Publication,
+    ReapedConnection,
+    ReapNotifier,
+    create_broker,
+)
 from tidings.channels import ChannelRules
 from tidings.connection import Connection, ConnectionState, UserInfo
 from tidings.hub import Hub
@@ -70,6 +78,7 @@ class Node:
             history_ttl=s.history_ttl,
             presence_ttl=s.presence_ttl,
             history_max_bytes=s.history_max_bytes,
+            node_lease_ttl=s.node_lease_ttl,
             history_budget_bytes=s.history_budget_bytes,
             max_channels=s.max_channels,
         )
@@ -94,6 +103,8 @@ class Node:
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect the broker and start the idle-connection sweeper."""
+        if isinstance(self.broker, ReapNotifier):
+            self.broker.on_reaped(self._on_reaped)
         await self.broker.start(self.hub.deliver)
         for channel in ("broadcast", "admins"):
             await self.broker.subscribe(channel)
@@ -175,6 +186,17 @@ class Node:
         """Users present on ``channel`` across the cluster."""
         return await self.broker.presence(channel)
 
+    async def presence_page(self, channel: str, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        """One page of ``channel``'s members: ``{"users", "count", "cursor"}`` (cursor None on the last page)."""
+        limit = max(1, min(limit, 1000))
+        if isinstance(self.broker, CountedPresence):
+            page = await self.broker.presence_page(channel, after, limit)
+            return {"users": page.users, "count": page.count, "cursor": page.cursor}
+        users = await self.broker.presence(channel)
+        rest = [u for u in users if int(u["user_id"]) > after]
+        cursor = int(rest[limit - 1]["user_id"]) if len(rest) > limit else None
+        return {"users": rest[:limit], "count": len(users), "cursor": cursor}
+
     async def stats(self) -> dict[str, int]:
         """Cluster totals of users and connections."""
         return await self.broker.stats()
@@ -208,7 +230,10 @@ class Node:
             rate_burst=s.rate_limit_burst,
             on_slow=self._count_slow,
         )
-        count = await self.broker.connection_add(user.id, conn.id)
+        if isinstance(self.broker, ReapNotifier):  # what a survivor reports if this node dies
+            count = await self.broker.connection_add(user.id, conn.id, info=user.public())  # type: ignore[call-arg]
+        else:
+            count = await self.broker.connection_add(user.id, conn.id)
         if count > s.max_connections_per_user:
             await self.broker.connection_remove(user.id, conn.id)
             raise self.reject("Too many connections")
@@ -281,15 +306,34 @@ class Node:
         last = self.hub.finish_recovery(conn, channel, result.publications, start)
         return {"offset": max(last, result.offset), "epoch": result.epoch, "recovered": result.recovered}
 
+    def _presence_events(self, channel: str, members: int) -> bool:
+        """join/leave events are published for channels whose policy wants them, up to a room size (setting)."""
+        limit = self.settings.presence_events_max_members
+        return self.rules.presence_events(channel) and 0 <= members <= limit
+
     async def _join_presence(self, conn: Connection, channel: str) -> None:
-        new_user = await self.broker.presence_add(channel, conn.id, conn.user.public())
-        if new_user and self.rules.presence_events(channel):
+        if isinstance(self.broker, CountedPresence):
+            new_user, members = await self.broker.presence_join(channel, conn.id, conn.user.public())
+        else:
+            new_user, members = await self.broker.presence_add(channel, conn.id, conn.user.public()), 0
+        if new_user and self._presence_events(channel, members):
             await self.publish_event(channel, {"type": "join", "user": conn.user.public()})
 
     async def _leave_presence(self, conn: Connection, channel: str) -> None:
-        gone = await self.broker.presence_remove(channel, conn.id, conn.user.id)
-        if gone and self.rules.presence_events(channel):
+        if isinstance(self.broker, CountedPresence):
+            gone, members = await self.broker.presence_leave(channel, conn.id, conn.user.id)
+        else:
+            gone, members = await self.broker.presence_remove(channel, conn.id, conn.user.id), 0
+        if gone and self._presence_events(channel, members):
             await self.publish_event(channel, {"type": "leave", "user": conn.user.public()})
+
+    async def _on_reaped(self, reaped: list[ReapedConnection]) -> None:
+        """A dead node's connections, handed to this node once (cluster-wide): publish the leaves due."""
+        for dead in reaped:
+            for channel in dead.left:
+                if self.rules.presence_events(channel):
+                    with contextlib.suppress(BrokerUnavailable):
+                        await self.publish_event(channel, {"type": "leave", "user": dead.info})
 
     # ---- inbound messages ------------------------------------------------------------------------------
     async def handle(self, conn: Connection, text: str) -> None:
@@ -447,7 +491,8 @@ class Node:
         channel = msg.channel or ""
         if self.rules.policy(channel) is None or not await self.rules.may_subscribe(conn.user, channel):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Presence of {channel} is not available", msg.id)
-        return {"type": "presence", "subscription": channel, "users": await self.presence(channel)}
+        page = await self.presence_page(channel, msg.cursor or 0, msg.limit or 1000)
+        return {"type": "presence", "subscription": channel, **page}
 
     async def _status(self, user: UserInfo) -> dict[str, Any]:
         stats = await self.stats()

@@ -43,6 +43,7 @@ class TidingsServer(uvicorn.Server):
         server allocated since.
         """
         await super().startup(sockets)
+        _record_listen_addresses(self)
         gc.collect()
         gc.freeze()
 
@@ -64,6 +65,24 @@ class TidingsServer(uvicorn.Server):
         await super().shutdown(sockets)
         if self.after_shutdown is not None:
             self.after_shutdown()
+
+
+def _record_listen_addresses(server: uvicorn.Server) -> None:
+    """Put the (host, port) pairs the server listens on in the app's ``state.listen_addresses`` (the crawler's
+    egress policy lets jobs crawl this server's own sample site, and nothing else on loopback)."""
+    addresses = []
+    for listener in getattr(server, "servers", ()):
+        for sock in listener.sockets or ():
+            name = sock.getsockname()
+            if isinstance(name, tuple) and len(name) >= 2:
+                addresses.append((str(name[0]), int(name[1])))
+    target = server.config.loaded_app
+    while target is not None:
+        state = getattr(target, "state", None)
+        if state is not None and hasattr(state, "tidings"):
+            state.listen_addresses = addresses
+            return
+        target = getattr(target, "app", None)
 
 
 class WebSocketFastLane:

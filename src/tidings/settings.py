@@ -24,7 +24,11 @@ class Settings(BaseSettings):
     secret_key: str = Field("", description="HS256 token key; if unset, random and kept in data_dir.")
     token_ttl: int = Field(3600 * 12, ge=60, description="Access token lifetime in seconds.")
     database_url: str = Field("", description="SQLAlchemy async URL; default SQLite under data_dir.")
-    broker_url: str = Field("memory://", description="memory:// (one process) or redis://host:port/db.")
+    broker_url: str = Field(
+        "memory://",
+        description="memory:// (one process), redis://host:port/db, redis+sentinel://host:port[,...]/service "
+        "or redis+cluster://host:port[,...].",
+    )
     broker_prefix: str = Field("tidings", description="Key prefix of everything the Redis broker stores.")
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -39,7 +43,15 @@ class Settings(BaseSettings):
     max_subscriptions: int = Field(100, ge=1, description="Channels one connection may subscribe to.")
     history_size: int = Field(1000, ge=0, description="Publications kept per channel for recovery.")
     history_ttl: int = Field(24 * 3600, ge=1, description="Seconds a channel's history is kept after its last publish.")
-    presence_ttl: int = Field(30, ge=3, description="Seconds before a dead node's presence entries expire.")
+    presence_ttl: int = Field(
+        30, ge=3, description="Seconds presence keys live in Redis without a node refreshing them."
+    )
+    node_lease_ttl: float = Field(
+        6.0, ge=1.0, le=60.0, description="Seconds after which a silent node is dead and its connections released."
+    )
+    presence_events_max_members: int = Field(
+        1000, ge=0, description="Rooms with more members publish no join/leave events (0: never publish them)."
+    )
     history_max_bytes: int = Field(
         1 << 20, ge=1024, description="Bytes of publications kept per channel for recovery (memory and Redis)."
     )

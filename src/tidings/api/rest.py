@@ -3,7 +3,7 @@
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -80,12 +80,20 @@ def build_rest_router(node: Node) -> APIRouter:
         return {"channel": pub.channel, "offset": pub.offset, "epoch": pub.epoch}
 
     @router.get("/api/presence/{channel}", tags=["hub"])
-    async def presence(channel: str, _: admin) -> dict[str, Any]:
-        """Users present on ``channel`` across the cluster (admins)."""
+    async def presence(
+        channel: str,
+        _: admin,
+        cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    ) -> dict[str, Any]:
+        """Users present on ``channel`` across the cluster (admins), one page after ``cursor`` (a user id).
+
+        ``count`` is the exact number of members; ``cursor`` is the value for the next page (null on the last).
+        """
         if node.rules.policy(channel) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"Unknown channel: {channel}")
         try:
-            return {"channel": channel, "users": await node.presence(channel)}
+            return {"channel": channel, **await node.presence_page(channel, cursor, limit)}
         except BrokerUnavailable:
             raise _unavailable() from None
 

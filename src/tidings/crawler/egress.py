@@ -26,18 +26,23 @@ This module imports neither Scrapy nor the web framework; the parent and the cra
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
+    "LOOPBACK_NAMES",
     "POLICY_SETTING",
+    "SAMPLE_SITE_PREFIX",
     "EgressPolicy",
     "SelfOrigin",
     "address_reason",
+    "check_target",
     "host_reason",
 ]
 
@@ -75,6 +80,7 @@ UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$")
 SAMPLE_SITE_PREFIX = "/sample-site/"
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -167,7 +173,7 @@ class SelfOrigin:
     """This server as a crawl target: ``hosts`` on ``port``, only for paths under ``path_prefix``."""
 
     port: int
-    hosts: frozenset[str] = frozenset({"127.0.0.1", "localhost", "::1"})
+    hosts: frozenset[str] = LOOPBACK_NAMES
     path_prefix: str = SAMPLE_SITE_PREFIX
 
     def matches(self, host: str, port: int, path: str) -> bool:
@@ -291,3 +297,25 @@ class EgressPolicy:
         )
         names = frozenset(host for host, _ in allowed) | frozenset(h for o in origins for h in o.hosts)
         return cls(allowed, origins, names)
+
+
+async def check_target(policy: EgressPolicy, url: str, *, timeout: float = 3.0) -> str | None:
+    """Why a job may not target ``url``: :meth:`EgressPolicy.check_url`, then the addresses its host resolves to
+    now (any refused one refuses the URL). A name that does not resolve is left to the crawl to report."""
+    reason = policy.check_url(url)
+    if reason is not None:
+        return reason
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if _literal(host) is not None or policy.name_allowed(host):
+        return None
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, parts.port or 80, type=socket.SOCK_STREAM), timeout)
+    except (OSError, TimeoutError, UnicodeError):
+        return None
+    for info in infos:
+        found = address_reason(str(info[4][0]))
+        if found is not None:
+            return f"{host} resolves to {found}"
+    return None
