@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -19,6 +20,15 @@ from tidings.web.routes import mount_dashboard
 __all__ = ["create_app"]
 
 WEB = Path(__file__).resolve().parent / "web"
+
+
+class ClientFiles(StaticFiles):
+    """The JS client's files, without its tests and test fakes (``test/``, ``test-support/``)."""
+
+    def lookup_path(self, path: str) -> tuple[str, Any]:
+        if Path(path).parts[:1] and Path(path).parts[0].startswith("test"):
+            return "", None
+        return super().lookup_path(path)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,6 +47,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     platform = install_platform(app, hub)  # jobs, properties, workers, /sample-site (tidings.crawler.service)
     client_dir = WEB / "client"
     if client_dir.is_dir():
-        app.mount("/static/client", StaticFiles(directory=client_dir), name="client")
+        app.mount("/static/client", ClientFiles(directory=client_dir), name="client")
     mount_dashboard(app, hub.node)  # /login, /dashboard, /dashboard/static, JSON for charts (tidings.web.routes)
     return app
