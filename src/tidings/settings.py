@@ -98,6 +98,13 @@ class Settings(BaseSettings):
         description="Proxies whose X-Forwarded-For is believed (comma-separated IPs or networks; '*' for any).",
     )
 
+    idempotency_ttl: int = Field(
+        300, ge=1, description="Seconds a publish's idempotency key is remembered (a repeat returns the original)."
+    )
+    idempotency_max_keys: int = Field(
+        100_000, ge=1, description="Idempotency keys the memory broker remembers (oldest forgotten first)."
+    )
+
     @field_validator("forwarded_allow_ips", mode="before")
     @classmethod
     def _split_ips(cls, value: object) -> object:
