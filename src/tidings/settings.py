@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     login_failure_window: float = Field(60.0, gt=0, description="Seconds over which failed logins are counted.")
     log_level: str = Field("info", description="Log level of the tidings command.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest HTTP request body; larger gets 413.")
+    idempotency_ttl: int = Field(
+        300, ge=1, description="Seconds a publish's idempotency key is remembered (a repeat returns the original)."
+    )
+    idempotency_max_keys: int = Field(
+        100_000, ge=1, description="Idempotency keys the memory broker remembers (oldest forgotten first)."
+    )
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

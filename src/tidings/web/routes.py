@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import Route
 
 from tidings.api.deps import user_dependency
-from tidings.broker import BrokerUnavailable
+from tidings.api.errors import TidingsRoute
 from tidings.connection import UserInfo
 from tidings.node import Node
 
@@ -33,7 +33,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 def build_dashboard_router(node: Node) -> APIRouter:
     """The dashboard's pages and JSON endpoints, bound to ``node``."""
-    router = APIRouter()
+    router = APIRouter(route_class=TidingsRoute)
     viewer = Annotated[UserInfo, Depends(user_dependency(node))]
 
     @router.get("/login", include_in_schema=False)
@@ -72,11 +72,8 @@ def build_dashboard_router(node: Node) -> APIRouter:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"Unknown channel: {channel}")
         if not await node.rules.may_subscribe(user, channel) or (policy.own_events_alias and not user.is_admin):
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"History of {channel} is not available")
-        try:
-            offset, epoch = await node.broker.position(channel)
-            result = await node.broker.recover(channel, max(0, offset - limit), epoch)
-        except BrokerUnavailable:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Broker unavailable") from None
+        offset, epoch = await node.broker.position(channel)  # BrokerUnavailable: 503 (TidingsRoute)
+        result = await node.broker.recover(channel, max(0, offset - limit), epoch)
         messages = [orjson.loads(pub.frame.payload) for pub in result.publications]
         return {"channel": channel, "offset": result.offset, "epoch": result.epoch, "messages": messages}
 
