@@ -76,7 +76,6 @@ class Settings(BaseSettings):
     publish_burst_bytes: int = Field(1 << 20, ge=1024, description="Publish byte burst of one user (per node).")
     per_message_deflate: bool = Field(False, description="Negotiate permessage-deflate compression.")
     fast_transport: bool = Field(True, description="Use Tidings' own uvicorn WebSocket protocol for fan-out.")
-    job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
     admin_username: str = Field("admin", description="Account created on first start with an empty database.")
     password_hash_workers: int = Field(2, ge=1, description="Threads hashing/verifying passwords (off the loop).")
     login_max_failures_per_ip: int = Field(
