@@ -137,7 +137,9 @@ class Hub:
         frame = pub.frame
         earlier = earlier_copies(pub)
         if earlier:
-            subs = {conn: None for conn in subs if not _has_earlier(conn, earlier)}
+            skip = [self.subscribers[ch] for ch in earlier if ch in self.subscribers]
+            if skip:
+                subs = {conn: None for conn in subs if not any(conn in other for other in skip)}
         if held is None:
             for conn in subs:
                 conn.enqueue(frame)

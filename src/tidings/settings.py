@@ -96,12 +96,29 @@ class Settings(BaseSettings):
     login_failure_window: float = Field(60.0, gt=0, description="Seconds over which failed logins are counted.")
     log_level: str = Field("info", description="Log level of the tidings command.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest HTTP request body; larger gets 413.")
+    handshake_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection may take to send its HTTP request or WebSocket upgrade."
+    )
+    max_connections: int = Field(10000, ge=1, description="Open TCP connections per node (tidings serve).")
+    max_connections_per_ip: int = Field(256, ge=1, description="Open connections per client IP (tidings serve).")
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Proxies whose X-Forwarded-For is believed (comma-separated IPs or networks; '*' for any).",
+    )
+
     idempotency_ttl: int = Field(
         300, ge=1, description="Seconds a publish's idempotency key is remembered (a repeat returns the original)."
     )
     idempotency_max_keys: int = Field(
         100_000, ge=1, description="Idempotency keys the memory broker remembers (oldest forgotten first)."
     )
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_ips(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

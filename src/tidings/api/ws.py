@@ -14,7 +14,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from starlette.routing import WebSocketRoute
 
+from tidings.api.socket_limits import SocketLimits
 from tidings.connection import Connection
+from tidings.guard import ProxyTrust
 from tidings.node import ConnectionRejected, Node
 from tidings.protocol import CloseCode, ErrorCode, Frame, error_reply
 from tidings.transport import ASGITransport, Transport
@@ -94,9 +96,13 @@ def origin_refused_reason(origin: str) -> str:
 class WebSocketEndpoint:
     """One of ``/ws/authenticated`` and ``/ws/{user_id}`` (``match_path_user`` True for the latter)."""
 
-    def __init__(self, node: Node, *, match_path_user: bool = False) -> None:
+    def __init__(self, node: Node, *, match_path_user: bool = False, limits: SocketLimits | None = None) -> None:
         self.node = node
         self.match_path_user = match_path_user
+        s = node.settings
+        self.limits = limits or SocketLimits(
+            s.max_connections, s.max_connections_per_ip, ProxyTrust(s.forwarded_allow_ips)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         serving = asyncio.current_task()
@@ -108,28 +114,38 @@ class WebSocketEndpoint:
                 aborted = True
                 serving.cancel()
 
-        # the handshake's locals (headers, token, the accept message) live in _open's frame, gone once it returns:
-        # this coroutine's frame stays for the life of the connection
-        conn = await self._open(scope, receive, send, abort)
-        if conn is None:
-            return
-        detach = getattr(conn.transport, "detach", None)
-        if detach is not None:
-            # Tidings' own protocol serves the socket by callbacks from here on: this coroutine (and the ASGI
-            # server's, the scope with it) ends, so an idle connection holds no coroutine, task or future
-            detach(_Session(self, conn, conn.transport).on_event)
-            return
+        slot = self.limits.acquire(scope)  # None: over the node's or this address's cap (closed with 1013)
+        detached = False
         try:
-            await self._serve(conn, receive)
-        except asyncio.CancelledError:
-            if not aborted or serving is None:
-                raise
-            serving.uncancel()
+            # the handshake's locals (headers, token, the accept message) live in _open's frame, gone once it
+            # returns: this coroutine's frame stays for the life of the connection
+            conn = await self._open(scope, receive, send, abort, slot is not None)
+            if conn is None:
+                return
+            detach = getattr(conn.transport, "detach", None)
+            if detach is not None:
+                # Tidings' own protocol serves the socket by callbacks from here on: this coroutine (and the ASGI
+                # server's, the scope with it) ends, so an idle connection holds no coroutine, task or future;
+                # the session releases the slot once the connection is gone
+                detach(_Session(self, conn, conn.transport, slot).on_event)
+                detached = True
+                return
+            try:
+                await self._serve(conn, receive)
+            except asyncio.CancelledError:
+                if not aborted or serving is None:
+                    raise
+                serving.uncancel()
+            finally:
+                aborted = True  # from here on an abort must not interrupt the cleanup
+                await self.node.disconnect(conn)
         finally:
-            aborted = True  # from here on an abort must not interrupt the cleanup
-            await self.node.disconnect(conn)
+            if not detached:
+                self.limits.release(slot)
 
-    async def _open(self, scope: Scope, receive: Receive, send: Send, abort: Callable[[], None]) -> Connection | None:
+    async def _open(
+        self, scope: Scope, receive: Receive, send: Send, abort: Callable[[], None], within_limits: bool = True
+    ) -> Connection | None:
         """Accept, authenticate and register the connection; None if it was refused (and closed)."""
         message = await receive()
         if message["type"] != "websocket.connect":
@@ -144,6 +160,8 @@ class WebSocketEndpoint:
         factory = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
         transport: Transport = factory() if factory is not None else ASGITransport(send, on_abort=abort)
         try:
+            if not within_limits:
+                raise ConnectionRejected(CloseCode.TRY_AGAIN_LATER, "Try again later")
             origin = headers.get("origin")
             if not origin_allowed(origin, headers, node.settings.allowed_origins, scope["scheme"]):
                 rejected = node.reject("Origin not allowed")
@@ -210,10 +228,11 @@ class _Session:
     """A connection served by callbacks (the fast transport's ``detach``): a task exists only while messages are
     being handled, in order, one at a time; the disconnect is handled last."""
 
-    __slots__ = ("conn", "done", "endpoint", "inbox", "proto", "task")
+    __slots__ = ("conn", "done", "endpoint", "inbox", "proto", "slot", "task")
 
-    def __init__(self, endpoint: WebSocketEndpoint, conn: Connection, proto: Any) -> None:
+    def __init__(self, endpoint: WebSocketEndpoint, conn: Connection, proto: Any, slot: Any = None) -> None:
         self.endpoint = endpoint
+        self.slot = slot  # the connection-limit slot (endpoint.limits), released at the end
         self.conn = conn
         self.proto: _DetachedTransport = proto
         self.inbox: list[Message] = []
@@ -241,21 +260,30 @@ class _Session:
                     self.proto.resume_inbound()
                 if await self.endpoint.on_message(conn, message):
                     self.done = True
-                    await self.endpoint.node.disconnect(conn)
+                    try:
+                        await self.endpoint.node.disconnect(conn)
+                    finally:
+                        self.endpoint.limits.release(self.slot)
                     return
         except Exception:
             logger.exception("serving %s failed", conn)
             self.done = True
             inbox.clear()
             conn.close(CloseCode.INTERNAL_ERROR, "Internal error")
-            await self.endpoint.node.disconnect(conn)
+            try:
+                await self.endpoint.node.disconnect(conn)
+            finally:
+                self.endpoint.limits.release(self.slot)
         finally:
             self.task = None
 
 
 def websocket_routes(node: Node) -> list[WebSocketRoute]:
-    """Routes for ``/ws/authenticated`` and ``/ws/{user_id}``."""
+    """Routes for ``/ws/authenticated`` and ``/ws/{user_id}`` (sharing one :class:`SocketLimits`)."""
+    authenticated = WebSocketEndpoint(node)
     return [
-        WebSocketRoute("/ws/authenticated", WebSocketEndpoint(node), name="ws_authenticated"),
-        WebSocketRoute("/ws/{user_id}", WebSocketEndpoint(node, match_path_user=True), name="ws_user"),
+        WebSocketRoute("/ws/authenticated", authenticated, name="ws_authenticated"),
+        WebSocketRoute(
+            "/ws/{user_id}", WebSocketEndpoint(node, match_path_user=True, limits=authenticated.limits), name="ws_user"
+        ),
     ]
