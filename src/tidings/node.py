@@ -128,8 +128,12 @@ class Node:
 
     # ---- publishing ------------------------------------------------------------------------------------
     async def publish(self, channel: str, data: Any) -> Publication:
-        """Publish ``data`` on ``channel``: subscribers get ``{"type": "publication", "channel", "data", ...}``."""
-        return await self.broker.publish(channel, encode({"type": "publication", "channel": channel, "data": data}))
+        """Publish ``data`` on ``channel``: subscribers get ``{"type": "publication", "channel", "data", ...}``.
+
+        ``timestamp`` is the server's time of the publication (seconds since the epoch, UTC): clients show it
+        instead of the time the message happened to arrive (a backlog, a recovery, a reload)."""
+        body = {"type": "publication", "channel": channel, "data": data, "timestamp": time.time()}
+        return await self.broker.publish(channel, encode(body))
 
     async def publish_event(self, channels: str | Iterable[str], event: dict[str, Any]) -> list[Publication]:
         """Publish a typed event (its own ``type``) on one or more channels; adds ``channel`` to each copy."""

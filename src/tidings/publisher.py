@@ -61,8 +61,8 @@ class _Messages:
 
     @staticmethod
     def publication(channel: str, data: Any) -> bytes:
-        """``{"type": "publication", "channel", "data"}``."""
-        return encode({"type": "publication", "channel": channel, "data": data})
+        """``{"type": "publication", "channel", "data", "timestamp"}`` (server time, seconds since the epoch)."""
+        return encode({"type": "publication", "channel": channel, "data": data, "timestamp": time.time()})
 
     @staticmethod
     def events(channels: str | Iterable[str], event: dict[str, Any]) -> list[tuple[str, bytes]]:

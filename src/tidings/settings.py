@@ -43,12 +43,25 @@ class Settings(BaseSettings):
     job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
     admin_username: str = Field("admin", description="Account created on first start with an empty database.")
     log_level: str = Field("info", description="Log level of the tidings command.")
+    durable_channels: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["room"],
+        description="Namespaces whose publications are also stored in the database (comma-separated; empty: none).",
+    )
+    durable_history_size: int = Field(1000, ge=1, description="Messages the database keeps per durable channel.")
+    stats_interval: float = Field(2.0, ge=0.2, description="Seconds between a node's stats_update events.")
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("durable_channels", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @cached_property

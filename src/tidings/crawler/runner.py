@@ -409,9 +409,7 @@ def run_crawl(
                     # Keep reading until EOF: the child reports its stats while shutting down.
                     _interrupt(proc)
             elif stop.kill_due(time.monotonic()) and proc.poll() is None:
-                logger.warning(
-                    "Crawl process %d did not stop within %g s; killing it", proc.pid, grace_period
-                )
+                logger.warning("Crawl process %d did not stop within %g s; killing it", proc.pid, grace_period)
                 with contextlib.suppress(ProcessLookupError, OSError):
                     proc.kill()
             try:
@@ -557,9 +555,7 @@ async def arun_crawl(
                     # Keep reading until EOF: the child reports its stats while shutting down.
                     _ainterrupt(proc)
             elif stop.kill_due(now) and proc.returncode is None:
-                logger.warning(
-                    "Crawl process %d did not stop within %g s; killing it", proc.pid, grace_period
-                )
+                logger.warning("Crawl process %d did not stop within %g s; killing it", proc.pid, grace_period)
                 with contextlib.suppress(ProcessLookupError, OSError):
                     proc.kill()
             if read_task is None:
@@ -567,9 +563,7 @@ async def arun_crawl(
             waiters: set[asyncio.Future[Any]] = {read_task}
             if event_task is not None and stop.requested is None:
                 waiters.add(event_task)
-            done, _ = await asyncio.wait(
-                waiters, timeout=stop.wait_budget(now), return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait(waiters, timeout=stop.wait_budget(now), return_when=asyncio.FIRST_COMPLETED)
             if read_task not in done:
                 continue
             raw = read_task.result()

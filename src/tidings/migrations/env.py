@@ -15,6 +15,7 @@ from tidings.db.models import Base
 
 with contextlib.suppress(ImportError):  # the crawler platform's tables live on the same metadata
     importlib.import_module("tidings.crawler.models")
+    importlib.import_module("tidings.durable_history")  # channel_messages (durable chat history)
 
 config = context.config
 target_metadata = Base.metadata

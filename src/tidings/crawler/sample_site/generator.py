@@ -393,9 +393,7 @@ def iter_pages() -> Iterator[tuple[Location, int]]:
 
 def price_changed_ids(price_version: int, base_version: int = 0) -> frozenset[int]:
     """Ids of the listings whose price differs between two price versions."""
-    return frozenset(
-        item.id for item in generate_listings() if item.price(price_version) != item.price(base_version)
-    )
+    return frozenset(item.id for item in generate_listings() if item.price(price_version) != item.price(base_version))
 
 
 @dataclass(frozen=True, slots=True)

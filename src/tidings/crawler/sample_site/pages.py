@@ -129,9 +129,7 @@ def render_detail(listing_id: int, price_version: int = 0) -> str | None:
     back = f"../{list_page_path(listing.location, 1)}"
     parts.append(f'  <a class="back" href="{back}">All listings in {escape(listing.location.name)}</a>')
     body = (
-        f'<article class="listing listing-detail" data-listing-id="{listing.id}">\n'
-        + "\n".join(parts)
-        + "\n</article>"
+        f'<article class="listing listing-detail" data-listing-id="{listing.id}">\n' + "\n".join(parts) + "\n</article>"
     )
     page_title = listing.title if listing.skip_reason is None else f"Listing {listing.id}"
     return _document(page_title, "../", body, canonical=own)
