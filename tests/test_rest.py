@@ -186,6 +186,7 @@ async def test_publish_reaches_subscribers_only(srv: LiveServer) -> None:
         assert result.keys() == {"channel", "offset", "epoch"} and result["channel"] == "property:7"
         for ws in (sub1, sub2):
             msg = await recv_until(ws, "publication")
+            assert isinstance(msg.pop("timestamp"), float)  # the server's time of publication
             assert msg == {
                 "type": "publication",
                 "channel": "property:7",
