@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install lint typecheck bench bench-redis browser-deps js-deps clean
+.PHONY: run test install lint typecheck bench bench-redis bench-security browser-deps js-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: $(STAMP) js-deps
 
 bench-redis: $(STAMP)
 	$(BIN)/python -m bench.redis_fanout
+
+# Issue 9's targets: one user flooding new rooms (memory and Redis), a login flood's effect on another client's ping.
+bench-security: $(STAMP)
+	$(BIN)/python -m bench.security
 
 clean:
 	rm -rf $(VENV) var test-results node_modules

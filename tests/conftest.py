@@ -221,3 +221,8 @@ async def connected(server: LiveServer, username: str, **kwargs: Any) -> AsyncIt
         yield ws
     finally:
         await ws.close()
+
+
+# Private Redis Cluster and Sentinel deployments (session-scoped, started on first use) and the broker URL
+# parametrization of the multi-node Redis tests.
+from tests.redis_topologies import broker_url, redis_cluster, redis_sentinel  # noqa: E402, F401

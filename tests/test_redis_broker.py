@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,7 +14,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import free_port
 from tests.test_redis_cluster import eventually
-from tidings.broker import BrokerUnavailable, Publication, create_broker
+from tidings.broker import BrokerUnavailable, Publication, ReapedConnection, create_broker
 from tidings.broker.redis import RedisBroker, redact_url
 from tidings.broker.redis_scripts import parse_position
 from tidings.protocol import encode, with_position
@@ -167,7 +168,7 @@ async def test_a_new_channel_has_an_epoch_before_its_first_publication(make: Any
 async def test_lost_metadata_starts_a_new_epoch(make: Any, prefix: str) -> None:
     broker = await make()
     first = [await broker.publish("room:l", body("room:l", n)) for n in range(3)][-1]
-    await broker.client.delete(f"{prefix}:meta:room:l")  # as if Redis had lost it
+    await broker.client.delete(broker.keys.meta("room:l"))  # as if Redis had lost it
     pub = await broker.publish("room:l", body("room:l", 3))
     assert pub.offset == 1 and pub.epoch != first.epoch
     result = await broker.recover("room:l", 3, first.epoch)
@@ -179,10 +180,10 @@ async def test_lost_metadata_starts_a_new_epoch(make: Any, prefix: str) -> None:
 async def test_history_ttl_expires_history_and_counter(make: Any, prefix: str) -> None:
     broker = await make(history_ttl=1)
     old = await broker.publish("room:t", body("room:t", 0))
-    assert 0 < await broker.client.ttl(f"{prefix}:hist:room:t") <= 1
+    assert 0 < await broker.client.ttl(broker.keys.hist("room:t")) <= 1
 
     async def expired() -> bool:
-        return not await broker.client.exists(f"{prefix}:meta:room:t", f"{prefix}:hist:room:t")
+        return not await broker.client.exists(f"{prefix}:meta:room:t", broker.keys.hist("room:t"))
 
     await eventually(expired)
     pub = await broker.publish("room:t", body("room:t", 1))
@@ -194,7 +195,7 @@ async def test_history_size_zero_keeps_offsets_but_no_history(make: Any, prefix:
     broker = await make(history_size=0)
     pubs = [await broker.publish("room:z", body("room:z", n)) for n in range(3)]
     assert [p.offset for p in pubs] == [1, 2, 3]
-    assert not await broker.client.exists(f"{prefix}:hist:room:z")
+    assert not await broker.client.exists(broker.keys.hist("room:z"))
     assert not (await broker.recover("room:z", 1, pubs[0].epoch)).recovered
 
 
@@ -278,7 +279,7 @@ async def test_a_foreign_message_on_a_channel_is_ignored(make: Any, prefix: str)
     got = Collector()
     broker = await make(got)
     await broker.subscribe("room:f")
-    await broker.client.publish(f"{prefix}:pub:room:f", b"not a tidings publication")
+    await broker.client.publish(broker.keys.pub("room:f"), b"not a tidings publication")
     pub = await broker.publish("room:f", body("room:f", 1))
     [received] = await got.wait_for(1)
     assert received.frame.payload == pub.frame.payload
@@ -297,7 +298,7 @@ async def test_a_reader_reconnect_replays_every_channel_exactly_once(make: Any, 
     for client in await b.client.client_list():
         if client["name"] == f"tidings-sub:{prefix}:{a.node_id}":
             await b.client.client_kill_filter(_id=client["id"])
-    await b.client.delete(f"{prefix}:meta:room:r4")  # this one loses its history: a new epoch
+    await b.client.delete(b.keys.meta("room:r4"))  # this one loses its history: a new epoch
     for n in range(1, 4):
         for channel in channels:
             await b.publish(channel, body(channel, n))
@@ -311,3 +312,99 @@ async def test_a_reader_reconnect_replays_every_channel_exactly_once(make: Any, 
         offsets = [p.offset for p in pubs if p.channel == channel]
         assert offsets == ([1, 1, 2, 3] if channel == "room:r4" else [1, 2, 3, 4]), (channel, offsets)
     assert len(got.pubs) == 20
+
+
+async def _die(broker: RedisBroker) -> None:
+    """Stop a broker the way ``kill -9`` stops a node: no goodbye, its entries stay in Redis."""
+    for task in (broker._beater, broker._reader):
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await broker._drop_sub()
+    await broker.client.aclose()
+
+
+async def test_a_dead_nodes_connections_are_reaped_once_by_one_survivor(make: Any, prefix: str) -> None:
+    reports: dict[str, list[ReapedConnection]] = {}
+
+    def handler_for(name: str) -> Callable[[list[ReapedConnection]], Any]:
+        async def handle(batch: list[ReapedConnection]) -> None:
+            reports.setdefault(name, []).extend(batch)
+
+        return handle
+
+    survivors = [await make(node_lease_ttl=1.0) for _ in range(2)]
+    for name, broker in zip("ab", survivors, strict=True):
+        broker.on_reaped(handler_for(name))
+    dead = RedisBroker(URL, prefix=prefix, node_lease_ttl=1.0)
+    await dead.start(lambda pub: None)
+    ann, bob = {"user_id": 1, "username": "ann"}, {"user_id": 2, "username": "bob"}
+    for i in range(5):
+        assert await dead.connection_add(1, f"c{i}", info=ann) == i + 1
+    await dead.presence_add("room:a", "c0", ann)
+    await dead.presence_add("room:b", "c0", ann)
+    await dead.presence_add("room:b", "c1", ann)
+    await survivors[0].connection_add(2, "c0", info=bob)
+    await survivors[0].presence_add("room:b", "c0", bob)
+    assert await survivors[0].connection_add(1, "c9", info=ann) == 6  # over a limit of 5
+    await survivors[0].connection_remove(1, "c9")
+    assert await survivors[1].stats() == {"users": 2, "connections": 6}
+
+    await _die(dead)
+    await eventually(lambda: sum(len(r) for r in reports.values()) == 5, timeout=10)
+    await asyncio.sleep(1.0)  # a second survivor's heartbeats found nothing more to handle
+    assert len(reports) == 1, reports  # exactly one survivor handled them
+    [batch] = reports.values()
+    by_conn = {r.conn_id: r for r in batch}
+    assert sorted(by_conn) == [f"c{i}" for i in range(5)]
+    assert {r.node_id for r in batch} == {dead.node_id} and {r.user_id for r in batch} == {1}
+    assert by_conn["c0"].info == ann and sorted(by_conn["c0"].channels) == ["room:a", "room:b"]
+    assert by_conn["c1"].channels == ["room:b"] and by_conn["c2"].channels == []
+    # ann left room:a (c0) and room:b (with whichever of c0/c1 went second): each leave reported once
+    assert sorted(ch for r in batch for ch in r.left) == ["room:a", "room:b"]
+    assert await survivors[1].presence("room:b") == [bob]
+    assert await survivors[1].presence("room:a") == []
+    assert await survivors[1].stats() == {"users": 1, "connections": 1}
+    assert await survivors[1].connection_add(1, "c1", info=ann) == 1
+
+
+async def test_presence_pages_and_counts_without_scanning(make: Any) -> None:
+    broker = await make()
+    for uid in range(1, 251):
+        new, count = await broker.presence_join("room:big", f"c{uid}", {"user_id": uid, "username": f"u{uid}"})
+        assert (new, count) == (True, uid)
+    assert await broker.presence_join("room:big", "c1000", {"user_id": 7, "username": "u7"}) == (False, 250)
+    pages, after = [], 0
+    while True:
+        page = await broker.presence_page("room:big", after, 100)
+        assert page.count == 250
+        pages.append([u["user_id"] for u in page.users])
+        if page.cursor is None:
+            break
+        after = page.cursor
+    assert [len(p) for p in pages] == [100, 100, 50]
+    assert [uid for p in pages for uid in p] == list(range(1, 251))
+    assert await broker.presence_leave("room:big", "c7", 7) == (False, 250)  # u7 is still there through c1000
+    assert await broker.presence_leave("room:big", "c1000", 7) == (True, 249)
+    # join and leave touch a constant number of keys and fields: nothing else in the room is read
+    assert await broker.client.hlen(broker.keys.presence("room:big")[0]) == 249
+
+
+async def test_history_is_bounded_in_bytes(make: Any) -> None:
+    broker = await make(history_max_bytes=200_000)
+    big = b"x" * 60_000
+    pubs = [
+        await broker.publish("room:flood", encode({"type": "publication", "data": big.decode()})) for _ in range(10)
+    ]
+    meta = await broker.client.hgetall(broker.keys.meta("room:flood"))
+    assert int(meta[b"b"]) <= 200_000
+    assert await broker.client.xlen(broker.keys.hist("room:flood")) == 3
+    assert (await broker.client.memory_usage(broker.keys.hist("room:flood"))) < 400_000
+    result = await broker.recover("room:flood", 7, pubs[0].epoch)
+    assert ([p.offset for p in result.publications], result.recovered) == ([8, 9, 10], True)
+    result = await broker.recover("room:flood", 6, pubs[0].epoch)
+    assert result.recovered is False  # offset 7 was dropped for the byte bound: honest, not silent
+    huge = await broker.publish("room:huge", encode({"data": "y" * 300_000}))
+    assert not (await broker.recover("room:huge", 0, huge.epoch)).recovered  # larger than the bound: not kept
+    assert await broker.client.xlen(broker.keys.hist("room:huge")) == 0

@@ -1,5 +1,8 @@
 """Scale-out: several ``tidings serve`` processes sharing one Redis (the machine's, under a random key prefix).
 
+Every test runs three times (``broker_url``): on the machine's Redis, on a private 3-master Redis Cluster
+(``redis+cluster://``) and behind a private Sentinel set-up (``redis+sentinel://``).
+
 Publications made on one node, or by a worker's :mod:`tidings.publisher`, reach clients on every node; presence,
 connection limits and stats are cluster-wide; a killed node's users drop out of presence on their own.
 """
@@ -10,6 +13,7 @@ import asyncio
 import json
 import secrets
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +88,8 @@ async def eventually(check: Any, timeout: float = 20.0, interval: float = 0.1) -
 class Cluster:
     """Two nodes, A and B, with users ann, bob, carl (carl has a two-connection limit's worth of tests)."""
 
-    def __init__(self, factory: Any, base: Path) -> None:
-        self.env = cluster_env(base, TIDINGS_MAX_CONNECTIONS_PER_USER="2")
+    def __init__(self, factory: Any, base: Path, url: str = REDIS_URL) -> None:
+        self.env = cluster_env(base, url, TIDINGS_MAX_CONNECTIONS_PER_USER="2")
         self.a = start_node(factory, self.env)
         self.b = start_node(factory, self.env)
         self.ids = {name: self.a.create_user(name) for name in ("ann", "bob", "carl")}
@@ -98,8 +102,11 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(module_server_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Cluster:
-    return Cluster(module_server_factory, tmp_path_factory.mktemp("cluster"))
+def cluster(module_server_factory: Any, tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> Iterator[Cluster]:
+    nodes = Cluster(module_server_factory, tmp_path_factory.mktemp("cluster"), broker_url)
+    yield nodes
+    nodes.a.stop()  # before the next deployment's nodes start
+    nodes.b.stop()
 
 
 async def test_rest_publish_and_broadcast_on_b_reach_a_client_on_a(cluster: Cluster) -> None:
@@ -286,6 +293,12 @@ async def test_healthz_and_metrics_describe_the_redis_broker(cluster: Cluster) -
         assert resp.status_code == 200, resp.text
         broker = resp.json()["broker"]
         assert broker["kind"] == "redis" and broker["healthy"] is True
+        assert (
+            broker["mode"]
+            == {"redis": "redis", "redis+cluster": "cluster", "redis+sentinel": "sentinel"}[
+                cluster.env["TIDINGS_BROKER_URL"].split("://")[0]
+            ]
+        )
         assert broker["prefix"] == cluster.env["TIDINGS_BROKER_PREFIX"]
         metrics = (await http.get(f"{cluster.a.url}/metrics")).text
     assert "tidings_broker_up 1.0" in metrics

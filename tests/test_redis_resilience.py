@@ -1,6 +1,7 @@
 """No message loss across a node restart, recovery under concurrent publishing, and a Redis restart mid-test.
 
-Real ``tidings serve`` processes; the restart test runs its own ``redis-server`` on a free port.
+Real ``tidings serve`` processes; the restart test runs its own ``redis-server`` on a free port. The first two
+tests run on each deployment (``broker_url``: the machine's Redis, Redis Cluster, Sentinel).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ async def collect(ws: Any, channel: str, until: int, got: list[dict[str, Any]], 
             got.append(msg)
 
 
-async def test_no_loss_when_a_node_stops_mid_stream(server_factory: Any, tmp_path: Path) -> None:
-    env = cluster_env(tmp_path)
+async def test_no_loss_when_a_node_stops_mid_stream(server_factory: Any, tmp_path: Path, broker_url: str) -> None:
+    env = cluster_env(tmp_path, broker_url)
     node_a, node_b = start_node(server_factory, env), start_node(server_factory, env)
     node_a.create_user("ann")
     total = 300
@@ -96,9 +97,9 @@ async def test_no_loss_when_a_node_stops_mid_stream(server_factory: Any, tmp_pat
 
 
 async def test_recovery_under_concurrent_publishing_has_no_gap_and_no_duplicate(
-    server_factory: Any, tmp_path: Path
+    server_factory: Any, tmp_path: Path, broker_url: str
 ) -> None:
-    env = cluster_env(tmp_path)
+    env = cluster_env(tmp_path, broker_url)
     node_a, node_b = start_node(server_factory, env), start_node(server_factory, env)
     node_a.create_user("ann")
     total = 400

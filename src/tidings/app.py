@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from tidings import __version__
+from tidings.api.errors import install_error_handlers
 from tidings.crawler.service import install_platform
 from tidings.durable_history import DurableHistory, DurableHistoryBroker
 from tidings.service import Tidings
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Tidings", version=__version__, lifespan=lifespan)
     app.state.tidings = hub
+    install_error_handlers(app)  # ids and offsets >= 2**63: 422, not a 500
     app.include_router(hub.router)
     platform = install_platform(app, hub)  # jobs, properties, workers, /sample-site (tidings.crawler.service)
     client_dir = WEB / "client"

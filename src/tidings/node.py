@@ -13,8 +13,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import orjson
+
 from tidings.auth import Authenticator, AuthError
-from tidings.broker import Broker, BrokerUnavailable, Publication, create_broker
+from tidings.broker import (
+    Broker,
+    BrokerUnavailable,
+    CountedPresence,
+    Publication,
+    ReapedConnection,
+    ReapNotifier,
+    create_broker,
+)
 from tidings.channels import ChannelRules
 from tidings.connection import Connection, ConnectionState, UserInfo
 from tidings.hub import Hub
@@ -27,6 +37,7 @@ from tidings.protocol import (
     error_message,
     parse_client_message,
 )
+from tidings.rooms import RoomRegistry, UserLimits
 from tidings.settings import Settings
 from tidings.transport import Transport
 
@@ -66,23 +77,34 @@ class Node:
             history_size=s.history_size,
             history_ttl=s.history_ttl,
             presence_ttl=s.presence_ttl,
+            history_max_bytes=s.history_max_bytes,
+            node_lease_ttl=s.node_lease_ttl,
+            history_budget_bytes=s.history_budget_bytes,
+            max_channels=s.max_channels,
         )
         self.authenticator = authenticator
         self.rules = rules or ChannelRules()
         self.status_provider = status_provider
         self.hub = Hub()
+        self.rooms = RoomRegistry(s.max_rooms)
+        self.user_limits = UserLimits(
+            bytes_per_second=s.publish_bytes_per_second,
+            burst_bytes=max(s.publish_burst_bytes, s.max_message_bytes),
+            rooms_per_minute=s.room_create_per_minute,
+        )
         self.started_at = time.time()
         self.messages_received = 0
         self.auth_failures: dict[str, int] = {}
         self.rejections: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._expiry: dict[str, asyncio.TimerHandle] = {}
-        self._channel_locks: dict[str, asyncio.Lock] = {}
         self.running = False
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect the broker and start the idle-connection sweeper."""
+        if isinstance(self.broker, ReapNotifier):
+            self.broker.on_reaped(self._on_reaped)
         await self.broker.start(self.hub.deliver)
         for channel in ("broadcast", "admins"):
             await self.broker.subscribe(channel)
@@ -125,6 +147,7 @@ class Node:
             for conn in list(self.hub.connections.values()):
                 if conn.last_activity < deadline:
                     conn.close(CloseCode.IDLE_TIMEOUT, "Idle timeout")
+            self.user_limits.prune()
 
     # ---- publishing ------------------------------------------------------------------------------------
     async def publish(self, channel: str, data: Any) -> Publication:
@@ -167,6 +190,17 @@ class Node:
         """Users present on ``channel`` across the cluster."""
         return await self.broker.presence(channel)
 
+    async def presence_page(self, channel: str, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        """One page of ``channel``'s members: ``{"users", "count", "cursor"}`` (cursor None on the last page)."""
+        limit = max(1, min(limit, 1000))
+        if isinstance(self.broker, CountedPresence):
+            page = await self.broker.presence_page(channel, after, limit)
+            return {"users": page.users, "count": page.count, "cursor": page.cursor}
+        users = await self.broker.presence(channel)
+        rest = [u for u in users if int(u["user_id"]) > after]
+        cursor = int(rest[limit - 1]["user_id"]) if len(rest) > limit else None
+        return {"users": rest[:limit], "count": len(users), "cursor": cursor}
+
     async def stats(self) -> dict[str, int]:
         """Cluster totals of users and connections."""
         return await self.broker.stats()
@@ -200,7 +234,10 @@ class Node:
             rate_burst=s.rate_limit_burst,
             on_slow=self._count_slow,
         )
-        count = await self.broker.connection_add(user.id, conn.id)
+        if isinstance(self.broker, ReapNotifier):  # what a survivor reports if this node dies
+            count = await self.broker.connection_add(user.id, conn.id, info=user.public())  # type: ignore[call-arg]
+        else:
+            count = await self.broker.connection_add(user.id, conn.id)
         if count > s.max_connections_per_user:
             await self.broker.connection_remove(user.id, conn.id)
             raise self.reject("Too many connections")
@@ -273,15 +310,34 @@ class Node:
         last = self.hub.finish_recovery(conn, channel, result.publications, start)
         return {"offset": max(last, result.offset), "epoch": result.epoch, "recovered": result.recovered}
 
+    def _presence_events(self, channel: str, members: int) -> bool:
+        """join/leave events are published for channels whose policy wants them, up to a room size (setting)."""
+        limit = self.settings.presence_events_max_members
+        return self.rules.presence_events(channel) and 0 <= members <= limit
+
     async def _join_presence(self, conn: Connection, channel: str) -> None:
-        new_user = await self.broker.presence_add(channel, conn.id, conn.user.public())
-        if new_user and self.rules.presence_events(channel):
+        if isinstance(self.broker, CountedPresence):
+            new_user, members = await self.broker.presence_join(channel, conn.id, conn.user.public())
+        else:
+            new_user, members = await self.broker.presence_add(channel, conn.id, conn.user.public()), 0
+        if new_user and self._presence_events(channel, members):
             await self.publish_event(channel, {"type": "join", "user": conn.user.public()})
 
     async def _leave_presence(self, conn: Connection, channel: str) -> None:
-        gone = await self.broker.presence_remove(channel, conn.id, conn.user.id)
-        if gone and self.rules.presence_events(channel):
+        if isinstance(self.broker, CountedPresence):
+            gone, members = await self.broker.presence_leave(channel, conn.id, conn.user.id)
+        else:
+            gone, members = await self.broker.presence_remove(channel, conn.id, conn.user.id), 0
+        if gone and self._presence_events(channel, members):
             await self.publish_event(channel, {"type": "leave", "user": conn.user.public()})
+
+    async def _on_reaped(self, reaped: list[ReapedConnection]) -> None:
+        """A dead node's connections, handed to this node once (cluster-wide): publish the leaves due."""
+        for dead in reaped:
+            for channel in dead.left:
+                if self.rules.presence_events(channel):
+                    with contextlib.suppress(BrokerUnavailable):
+                        await self.publish_event(channel, {"type": "leave", "user": dead.info})
 
     # ---- inbound messages ------------------------------------------------------------------------------
     async def handle(self, conn: Connection, text: str) -> None:
@@ -305,6 +361,9 @@ class Node:
             reply = error_message(exc.code, exc.message, exc.msg_id)
         except BrokerUnavailable:
             reply = error_message(ErrorCode.UNAVAILABLE, "Broker unavailable; try again shortly", msg.id)
+        except orjson.JSONEncodeError as exc:  # client data the encoder refuses (nested too deep): one line, no trace
+            logger.warning("refused a message from %s: data cannot be encoded (%s)", conn, exc)
+            reply = error_message(ErrorCode.BAD_REQUEST, f"Data cannot be encoded as JSON: {exc}", msg.id)
         except Exception:
             logger.exception("error serving a message from %s", conn)
             reply = error_message(ErrorCode.BAD_REQUEST, "Internal error serving this message", msg.id)
@@ -350,6 +409,15 @@ class Node:
                 "code": str(code),
                 "message": f"Invalid subscription: {channel}",
             }
+        if policy.client_publish:
+            refused = self._admit_room(conn.user, channel)
+            if refused is not None:
+                return {
+                    "type": "subscription_error",
+                    "subscription": channel,
+                    "code": str(refused.code),
+                    "message": refused.message,
+                }
         reply: dict[str, Any] = {"type": "subscription_confirmed", "subscription": channel}
         if policy.own_events_alias and not conn.user.is_admin:
             reply["scope"] = f"user:{conn.user.id}"
@@ -385,15 +453,50 @@ class Node:
         channel = msg.channel or ""
         if not self.rules.may_client_publish(conn.user, channel):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Publishing to {channel} is not allowed", msg.id)
+        refused = self._admit_room(conn.user, channel, msg.id)
+        if refused is not None:
+            raise refused
         data = {"user": conn.user.public(), "body": msg.data}
-        pub = await self.publish(channel, data)
+        body = encode({"type": "publication", "channel": channel, "data": data})
+        if not self.user_limits.allow_bytes(conn.user.id, len(body)):
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "Publish byte rate exceeded; slow down", msg.id)
+        pub = await self.broker.publish(channel, body)
         return {"type": "publish_ack", "channel": channel, "offset": pub.offset, "epoch": pub.epoch}
+
+    def _admit_room(self, user: UserInfo, channel: str, msg_id: Any = None) -> ProtocolError | None:
+        """Let ``user`` use the chat room ``channel``, creating it if this node does not know it yet.
+
+        Creating follows ``room_creators`` and the user's ``room_create_per_minute``; at ``max_rooms`` the least
+        recently used room without local subscribers is forgotten (with its history), or, when every room has
+        some, creation is refused. Returns the refusal, or None.
+        """
+        if self.rooms.touch(channel):
+            return None
+        s = self.settings
+        if s.room_creators == "admin" and not user.is_admin:
+            return ProtocolError(ErrorCode.FORBIDDEN, f"Only administrators may create rooms ({channel})", msg_id)
+        victim = None
+        if self.rooms.full():
+            victim = self.rooms.evictable(lambda room: room in self.hub.subscribers)
+            if victim is None:
+                return ProtocolError(ErrorCode.UNAVAILABLE, f"Too many rooms (limit {s.max_rooms})", msg_id)
+        if not user.is_admin and not self.user_limits.allow_room(user.id):
+            limit = s.room_create_per_minute
+            return ProtocolError(ErrorCode.RATE_LIMITED, f"Too many new rooms (limit {limit} a minute)", msg_id)
+        if victim is not None:
+            self.rooms.discard(victim)
+            forget = getattr(self.broker, "forget", None)
+            if forget is not None:
+                forget(victim)
+        self.rooms.add(channel)
+        return None
 
     async def _on_presence(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
         channel = msg.channel or ""
         if self.rules.policy(channel) is None or not await self.rules.may_subscribe(conn.user, channel):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Presence of {channel} is not available", msg.id)
-        return {"type": "presence", "subscription": channel, "users": await self.presence(channel)}
+        page = await self.presence_page(channel, msg.cursor or 0, msg.limit or 1000)
+        return {"type": "presence", "subscription": channel, **page}
 
     async def _status(self, user: UserInfo) -> dict[str, Any]:
         stats = await self.stats()

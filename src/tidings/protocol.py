@@ -97,6 +97,8 @@ class ClientMessage:
     data: Any = None
     since_offset: int | None = None
     since_epoch: str | None = None
+    cursor: int | None = None  # presence: members after this user id
+    limit: int | None = None  # presence: page size
 
 
 def _channel_field(obj: dict[str, Any], msg_type: str, msg_id: Any, *keys: str) -> str:
@@ -107,6 +109,17 @@ def _channel_field(obj: dict[str, Any], msg_type: str, msg_id: Any, *keys: str) 
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{key}' must be a string", msg_id)
             return value
     raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{keys[0]}' is required for {msg_type}", msg_id)
+
+
+def _presence_message(obj: dict[str, Any], msg_id: Any, channel: str) -> ClientMessage:
+    """``presence`` with its optional ``cursor`` (a user id from the previous page) and ``limit`` (1-1000)."""
+    values: dict[str, int | None] = {}
+    for key, low, high in (("cursor", 0, 2**63 - 1), ("limit", 1, 1000)):
+        value = obj.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{key}' must be an integer from {low} to {high}", msg_id)
+        values[key] = value
+    return ClientMessage(type="presence", id=msg_id, channel=channel, cursor=values["cursor"], limit=values["limit"])
 
 
 def parse_client_message(text: str | bytes) -> ClientMessage:
@@ -131,6 +144,8 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "'data' is required for publish", msg_id)
         return ClientMessage(type=msg_type, id=msg_id, channel=channel, data=obj["data"])
     channel = _channel_field(obj, msg_type, msg_id, "subscription", "channel")
+    if msg_type == "presence":
+        return _presence_message(obj, msg_id, channel)
     if msg_type != "subscribe" or obj.get("since") is None:
         return ClientMessage(type=msg_type, id=msg_id, channel=channel)
     since = obj["since"]

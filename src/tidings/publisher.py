@@ -6,7 +6,8 @@ publications get the channel's next offset, land in history and reach every node
     from tidings.publisher import SyncPublisher
     from tidings.settings import Settings
 
-    publisher = SyncPublisher.from_settings(Settings())        # TIDINGS_BROKER_URL must be redis://...
+    publisher = SyncPublisher.from_settings(Settings())        # TIDINGS_BROKER_URL: redis://, redis+sentinel://,
+                                                               # or redis+cluster://
     publisher.publish_event(["user:1", "job:5", "job_updates"], {"type": "job_update", "event": "job_started"})
     publisher.close()
 
@@ -21,43 +22,50 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import redis
-import redis.asyncio as aioredis
+from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from tidings.broker.base import BrokerUnavailable
-from tidings.broker.redis_scripts import PUBLISH, Keys, body_head
+from tidings.broker.keys import Keys
+from tidings.broker.redis_scripts import PUBLISH, body_head
+from tidings.broker.urls import BrokerURL, is_redis_url, parse_broker_url
 from tidings.protocol import CHANNEL_RE, encode
 from tidings.settings import Settings
 
 __all__ = ["Publisher", "SyncPublisher"]
 
-_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError, ReadOnlyError)
 
 
 class _Messages:
     """What to publish: the same JSON bodies as :class:`tidings.node.Node` builds (one encode per channel)."""
 
-    def __init__(self, prefix: str, history_size: int, history_ttl: int) -> None:
+    def __init__(
+        self, prefix: str, history_size: int, history_ttl: int, history_max_bytes: int, target: BrokerURL
+    ) -> None:
         self.keys = Keys(prefix)
         self.history_size = history_size
         self.history_ttl = history_ttl
+        self.history_max_bytes = history_max_bytes
+        self.command = target.publish_command
+        self.check = "1" if target.mode != "redis" else "0"
 
     def script_call(self, channel: str, body: bytes) -> tuple[list[str], list[EncodableT]]:
         """``(keys, args)`` of the publish script for ``body`` on ``channel``."""
         if not CHANNEL_RE.match(channel):
             raise ValueError(f"Invalid channel name: {channel!r}")
-        keys = [self.keys.meta(channel), self.keys.hist(channel)]
         args: list[EncodableT] = [
             body_head(body),
             secrets.token_hex(4),
             self.history_size,
             self.history_ttl,
-            self.keys.pub(channel),
+            self.history_max_bytes,
+            self.command,
+            self.check,
         ]
-        return keys, args
+        return self.keys.stream(channel), args
 
     @staticmethod
     def publication(channel: str, data: Any) -> bytes:
@@ -95,9 +103,13 @@ def _result(channel: str, reply: Any) -> dict[str, Any]:
     return {"channel": channel, "offset": int(offset), "epoch": epoch.decode()}
 
 
-def _check_url(url: str) -> None:
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"A publisher needs a redis:// broker URL (TIDINGS_BROKER_URL), not {url!r}")
+def _target(url: str) -> BrokerURL:
+    if not is_redis_url(url):
+        raise ValueError(
+            "A publisher needs a redis://, redis+sentinel:// or redis+cluster:// broker URL (TIDINGS_BROKER_URL), "
+            f"not {url!r}"
+        )
+    return parse_broker_url(url)
 
 
 class Publisher:
@@ -107,20 +119,30 @@ class Publisher:
     """
 
     def __init__(
-        self, url: str, *, prefix: str = "tidings", history_size: int = 1000, history_ttl: int = 86400
+        self,
+        url: str,
+        *,
+        prefix: str = "tidings",
+        history_size: int = 1000,
+        history_ttl: int = 86400,
+        history_max_bytes: int = 1 << 20,
     ) -> None:
-        _check_url(url)
-        self._messages = _Messages(prefix, history_size, history_ttl)
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=5.0, socket_connect_timeout=2.0, protocol=2
-        )
+        target = _target(url)
+        self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target)
+        self._client: Any = target.async_client(socket_timeout=5.0, socket_connect_timeout=2.0)
         self._script = self._client.register_script(PUBLISH)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Publisher:
         """A publisher for the broker in ``settings`` (default: the ``TIDINGS_*`` environment)."""
         s = settings or Settings()
-        return cls(s.broker_url, prefix=s.broker_prefix, history_size=s.history_size, history_ttl=s.history_ttl)
+        return cls(
+            s.broker_url,
+            prefix=s.broker_prefix,
+            history_size=s.history_size,
+            history_ttl=s.history_ttl,
+            history_max_bytes=s.history_max_bytes,
+        )
 
     async def _publish(self, channel: str, body: bytes) -> dict[str, Any]:
         keys, args = self._messages.script_call(channel, body)
@@ -169,20 +191,30 @@ class SyncPublisher:
     """
 
     def __init__(
-        self, url: str, *, prefix: str = "tidings", history_size: int = 1000, history_ttl: int = 86400
+        self,
+        url: str,
+        *,
+        prefix: str = "tidings",
+        history_size: int = 1000,
+        history_ttl: int = 86400,
+        history_max_bytes: int = 1 << 20,
     ) -> None:
-        _check_url(url)
-        self._messages = _Messages(prefix, history_size, history_ttl)
-        self._client: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=5.0, socket_connect_timeout=2.0, protocol=2
-        )
+        target = _target(url)
+        self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target)
+        self._client: Any = target.sync_client(socket_timeout=5.0, socket_connect_timeout=2.0)
         self._script = self._client.register_script(PUBLISH)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> SyncPublisher:
         """A publisher for the broker in ``settings`` (default: the ``TIDINGS_*`` environment)."""
         s = settings or Settings()
-        return cls(s.broker_url, prefix=s.broker_prefix, history_size=s.history_size, history_ttl=s.history_ttl)
+        return cls(
+            s.broker_url,
+            prefix=s.broker_prefix,
+            history_size=s.history_size,
+            history_ttl=s.history_ttl,
+            history_max_bytes=s.history_max_bytes,
+        )
 
     def _publish(self, channel: str, body: bytes) -> dict[str, Any]:
         keys, args = self._messages.script_call(channel, body)

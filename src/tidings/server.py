@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.routing import Match, WebSocketRoute
 
+from tidings.api.bodies import BodyLimit
 from tidings.logs import install_redaction
 from tidings.settings import Settings
 
@@ -38,6 +39,7 @@ class TidingsServer(uvicorn.Server):
         server allocated since.
         """
         await super().startup(sockets)
+        _record_listen_addresses(self)
         gc.collect()
         gc.freeze()
 
@@ -61,6 +63,24 @@ class TidingsServer(uvicorn.Server):
             self.after_shutdown()
 
 
+def _record_listen_addresses(server: uvicorn.Server) -> None:
+    """Put the (host, port) pairs the server listens on in the app's ``state.listen_addresses`` (the crawler's
+    egress policy lets jobs crawl this server's own sample site, and nothing else on loopback)."""
+    addresses = []
+    for listener in getattr(server, "servers", ()):
+        for sock in listener.sockets or ():
+            name = sock.getsockname()
+            if isinstance(name, tuple) and len(name) >= 2:
+                addresses.append((str(name[0]), int(name[1])))
+    target = server.config.loaded_app
+    while target is not None:
+        state = getattr(target, "state", None)
+        if state is not None and hasattr(state, "tidings"):
+            state.listen_addresses = addresses
+            return
+        target = getattr(target, "app", None)
+
+
 class WebSocketFastLane:
     """An ASGI front for a FastAPI app: a WebSocket scope matching one of the app's WebSocket routes goes straight
     to that route; everything else (HTTP, lifespan, other WebSockets) to the app.
@@ -70,8 +90,9 @@ class WebSocketFastLane:
     saves several KiB per idle connection. Used with Tidings' own WebSocket protocol (``fast_transport``).
     """
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, http: Any = None) -> None:
         self.app = app
+        self.http = http if http is not None else app  # where everything but the fast lane goes
         self._routes: list[WebSocketRoute] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -87,7 +108,7 @@ class WebSocketFastLane:
                     scope.setdefault("app", self.app)
                     await route.handle(scope, receive, send)
                     return
-        await self.app(scope, receive, send)
+        await self.http(scope, receive, send)
 
 
 def _websocket_routes(app: FastAPI) -> list[WebSocketRoute]:
@@ -98,15 +119,16 @@ def _websocket_routes(app: FastAPI) -> list[WebSocketRoute]:
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, host: str, port: int, **extra: object) -> uvicorn.Config:
-    """A uvicorn configuration carrying Tidings' WebSocket limits."""
+    """A uvicorn configuration carrying Tidings' WebSocket limits; request bodies capped (:class:`BodyLimit`)."""
     ws: str | type = "auto"
     if settings.fast_transport:
         try:
             ws = importlib.import_module("tidings.fastws").TidingsWebSocketProtocol
         except ImportError:
             ws = "auto"
+    http_app = BodyLimit(app, settings.max_body_bytes)
     return uvicorn.Config(
-        WebSocketFastLane(app) if ws != "auto" else app,
+        WebSocketFastLane(app, http=http_app) if ws != "auto" else http_app,
         host=host,
         port=port,
         ws=ws,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tidings.files import ensure_private_file
 
 __all__ = ["Settings"]
 
@@ -22,7 +24,11 @@ class Settings(BaseSettings):
     secret_key: str = Field("", description="HS256 token key; if unset, random and kept in data_dir.")
     token_ttl: int = Field(3600 * 12, ge=60, description="Access token lifetime in seconds.")
     database_url: str = Field("", description="SQLAlchemy async URL; default SQLite under data_dir.")
-    broker_url: str = Field("memory://", description="memory:// (one process) or redis://host:port/db.")
+    broker_url: str = Field(
+        "memory://",
+        description="memory:// (one process), redis://host:port/db, redis+sentinel://host:port[,...]/service "
+        "or redis+cluster://host:port[,...].",
+    )
     broker_prefix: str = Field("tidings", description="Key prefix of everything the Redis broker stores.")
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -37,7 +43,37 @@ class Settings(BaseSettings):
     max_subscriptions: int = Field(100, ge=1, description="Channels one connection may subscribe to.")
     history_size: int = Field(1000, ge=0, description="Publications kept per channel for recovery.")
     history_ttl: int = Field(24 * 3600, ge=1, description="Seconds a channel's history is kept after its last publish.")
-    presence_ttl: int = Field(30, ge=3, description="Seconds before a dead node's presence entries expire.")
+    presence_ttl: int = Field(
+        30, ge=3, description="Seconds presence keys live in Redis without a node refreshing them."
+    )
+    node_lease_ttl: float = Field(
+        6.0, ge=1.0, le=60.0, description="Seconds after which a silent node is dead and its connections released."
+    )
+    presence_events_max_members: int = Field(
+        1000, ge=0, description="Rooms with more members publish no join/leave events (0: never publish them)."
+    )
+    history_max_bytes: int = Field(
+        1 << 20, ge=1024, description="Bytes of publications kept per channel for recovery (memory and Redis)."
+    )
+    history_budget_bytes: int = Field(
+        32 << 20,
+        ge=1 << 16,
+        description="Memory broker: bytes of history per node; the least recently used channel's history goes first.",
+    )
+    max_channels: int = Field(
+        10_000, ge=16, description="Memory broker: channels with state per node; idle ones beyond are forgotten."
+    )
+    room_creators: Literal["user", "admin"] = Field(
+        "user", description="Who may create a chat room (a client-publishable channel) by using it: user or admin."
+    )
+    max_rooms: int = Field(
+        1000, ge=1, description="Chat rooms per node; at the cap the least recently used idle room is forgotten."
+    )
+    room_create_per_minute: int = Field(30, ge=1, description="New chat rooms one user may create per minute.")
+    publish_bytes_per_second: int = Field(
+        128 << 10, ge=1024, description="Bytes per second one user may publish over WebSockets (per node)."
+    )
+    publish_burst_bytes: int = Field(1 << 20, ge=1024, description="Publish byte burst of one user (per node).")
     per_message_deflate: bool = Field(False, description="Negotiate permessage-deflate compression.")
     fast_transport: bool = Field(True, description="Use Tidings' own uvicorn WebSocket protocol for fan-out.")
     job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
@@ -49,6 +85,7 @@ class Settings(BaseSettings):
     )
     durable_history_size: int = Field(1000, ge=1, description="Messages the database keeps per durable channel.")
     stats_interval: float = Field(2.0, ge=0.2, description="Seconds between a node's stats_update events.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest HTTP request body; larger gets 413.")
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -79,8 +116,7 @@ class Settings(BaseSettings):
         path = self.data_dir / "secret_key"
         if path.exists():
             return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(48)
-        path.touch(mode=0o600)
+        ensure_private_file(path)
         path.write_text(key)
         return key

@@ -141,7 +141,10 @@ def worker_factory() -> Iterator[Any]:
 
 def platform_server(server_factory: Any, env: dict[str, str]) -> LiveServer:
     """A running server with users ``ann`` and ``bob`` (the ``admin`` account exists from the first start)."""
-    srv: LiveServer = server_factory(env={"TIDINGS_CRAWL_SETTINGS": FAST_CRAWL, **env}, start=False)
+    # 127.0.0.1:9 (a closed port) is an operator-allowed exception to the crawl egress policy: the tests that need
+    # a target that cannot be reached use it, and see the real "Connection refused".
+    base = {"TIDINGS_CRAWL_SETTINGS": FAST_CRAWL, "TIDINGS_CRAWL_ALLOWED_HOSTS": "127.0.0.1:9"}
+    srv: LiveServer = server_factory(env={**base, **env}, start=False)
     srv.start(timeout=120)  # generous: the suite shares two cores with Scrapy children and other servers
     srv.create_user("ann")
     srv.create_user("bob")

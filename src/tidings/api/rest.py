@@ -2,10 +2,12 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, status
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from tidings.api.bodies import json_body_openapi, read_json
 from tidings.api.deps import admin_dependency, user_dependency
 from tidings.broker import BrokerUnavailable
 from tidings.connection import UserInfo
@@ -39,42 +41,59 @@ def build_rest_router(node: Node) -> APIRouter:
     admin = Annotated[UserInfo, Depends(admin_dependency(node))]
     user_dep = Annotated[UserInfo, Depends(user_dependency(node))]
 
-    @router.post("/admin/broadcast", tags=["admin"])
-    async def broadcast(body: BroadcastIn, _: admin) -> dict[str, str]:
+    limit = node.settings.max_body_bytes
+
+    # Bodies are read after the dependencies (authentication first: 401/403 before 413/422), see api/bodies.py.
+    @router.post("/admin/broadcast", tags=["admin"], openapi_extra=json_body_openapi(BroadcastIn))
+    async def broadcast(request: Request, _: admin) -> dict[str, str]:
         """Send a ``system_notification`` to every connected client on every node."""
+        body = await read_json(request, BroadcastIn, limit)
         try:
             await node.broadcast(body.message, body.category, body.start_time)
         except BrokerUnavailable:
             raise _unavailable() from None
         return {"message": "Broadcast sent successfully"}
 
-    @router.post("/admin/notify-admins", tags=["admin"])
-    async def notify_admins(body: BroadcastIn, _: admin) -> dict[str, str]:
+    @router.post("/admin/notify-admins", tags=["admin"], openapi_extra=json_body_openapi(BroadcastIn))
+    async def notify_admins(request: Request, _: admin) -> dict[str, str]:
         """Send an ``admin_notification`` to administrators' connections only."""
+        body = await read_json(request, BroadcastIn, limit)
         try:
             await node.notify_admins(body.message, body.category)
         except BrokerUnavailable:
             raise _unavailable() from None
         return {"message": "Notification sent successfully"}
 
-    @router.post("/api/publish", tags=["hub"])
-    async def publish(body: PublishIn, _: admin) -> dict[str, Any]:
+    @router.post("/api/publish", tags=["hub"], openapi_extra=json_body_openapi(PublishIn))
+    async def publish(request: Request, _: admin) -> dict[str, Any]:
         """Publish ``data`` on ``channel``; its subscribers receive a ``publication``."""
+        body = await read_json(request, PublishIn, limit)
         if node.rules.policy(body.channel) is None:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"Invalid channel: {body.channel}")
         try:
             pub = await node.publish(body.channel, body.data)
         except BrokerUnavailable:
             raise _unavailable() from None
+        except orjson.JSONEncodeError as exc:
+            detail = f"Data cannot be encoded as JSON: {exc}"
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from None
         return {"channel": pub.channel, "offset": pub.offset, "epoch": pub.epoch}
 
     @router.get("/api/presence/{channel}", tags=["hub"])
-    async def presence(channel: str, _: admin) -> dict[str, Any]:
-        """Users present on ``channel`` across the cluster (admins)."""
+    async def presence(
+        channel: str,
+        _: admin,
+        cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    ) -> dict[str, Any]:
+        """Users present on ``channel`` across the cluster (admins), one page after ``cursor`` (a user id).
+
+        ``count`` is the exact number of members; ``cursor`` is the value for the next page (null on the last).
+        """
         if node.rules.policy(channel) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"Unknown channel: {channel}")
         try:
-            return {"channel": channel, "users": await node.presence(channel)}
+            return {"channel": channel, **await node.presence_page(channel, cursor, limit)}
         except BrokerUnavailable:
             raise _unavailable() from None
 

@@ -32,6 +32,17 @@ Send = Callable[[Message], Awaitable[None]]
 TRANSPORT_EXTENSION = "tidings.transport"
 
 _BINARY_REFUSED = Frame.of(error_message(ErrorCode.BAD_REQUEST, "Binary frames are not supported; send JSON text"))
+_RATE_LIMITED = Frame.of(error_message(ErrorCode.RATE_LIMITED, "Too many messages; slow down"))
+
+
+def _refuse_binary(conn: Connection) -> None:
+    """Answer a binary frame with an error; it counts against the rate limit like any message (flood: 4002)."""
+    if conn.allow_message():
+        conn.enqueue(_BINARY_REFUSED)
+    elif conn.rate_strikes > conn.rate_burst:
+        conn.close(CloseCode.RATE_LIMITED, "Rate limit exceeded")
+    else:
+        conn.enqueue(_RATE_LIMITED)
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -151,8 +162,7 @@ class WebSocketEndpoint:
                     if len(message.get("bytes") or b"") > limit:
                         conn.close(CloseCode.MESSAGE_TOO_BIG, "Message too big")
                         continue
-                    conn.allow_message()
-                    conn.enqueue(_BINARY_REFUSED)
+                    _refuse_binary(conn)
                     continue
                 if len(text) > limit // 4 and len(text.encode()) > limit:
                     conn.close(CloseCode.MESSAGE_TOO_BIG, f"Message too big (limit {limit} bytes)")

@@ -1,14 +1,40 @@
-"""The broker interface every implementation follows (a :class:`typing.Protocol`)."""
+"""The broker interface every implementation follows (a :class:`typing.Protocol`), and optional capabilities.
+
+:class:`Broker` is what every broker does. Two optional capabilities, checked with ``isinstance`` (they are
+``runtime_checkable``), are implemented by the Redis broker:
+
+* :class:`ReapNotifier`: ``on_reaped(handler)``. When a node dies without saying goodbye (``kill -9``, a lost
+  machine), its node-liveness lease (``TIDINGS_NODE_LEASE_TTL``) runs out and the first survivor to notice
+  releases its connections (per-user counts, stats) at once. Every connection of the dead node is then handed,
+  **once, cluster-wide** (exactly one survivor receives each), to the handler as a :class:`ReapedConnection`:
+  the user, the user's public info, the channels the connection was present in, and in which of them the user
+  has no connection left (``left``: the channels where a ``leave`` is due). The broker has already removed the
+  presence entries when the handler runs. A survivor that dies while handling a batch loses it (the entries
+  themselves are gone either way).
+* :class:`CountedPresence`: presence with member counts and pages, for rooms of thousands (join and leave are
+  O(1) in Redis, ``presence_page`` returns one page after a cursor).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from tidings.protocol import Frame
 
-__all__ = ["Broker", "BrokerUnavailable", "HistoryResult", "Publication", "PublicationHandler"]
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "CountedPresence",
+    "HistoryResult",
+    "PresencePage",
+    "Publication",
+    "PublicationHandler",
+    "ReapNotifier",
+    "ReapedConnection",
+    "ReapedHandler",
+]
 
 
 class BrokerUnavailable(Exception):
@@ -35,7 +61,34 @@ class HistoryResult:
     recovered: bool = True
 
 
+@dataclass(slots=True)
+class ReapedConnection:
+    """A connection of a dead node, released by the broker (see :class:`ReapNotifier`).
+
+    ``conn_id`` is the id the dead node gave the connection (``Connection.id`` there), ``info`` the user's public
+    info as it was passed to ``connection_add``, ``channels`` the channels the connection was present in
+    (``presence_add``), ``left`` those of them in which the user has no connection left on any node.
+    """
+
+    node_id: str
+    conn_id: str
+    user_id: int
+    info: dict[str, Any]
+    channels: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PresencePage:
+    """One page of a channel's members (in user id order) and the exact member count."""
+
+    users: list[dict[str, Any]]
+    count: int
+    cursor: int | None  # pass it back as ``after`` for the next page; None on the last page
+
+
 PublicationHandler = Callable[[Publication], None]
+ReapedHandler = Callable[[list[ReapedConnection]], Awaitable[None]]
 
 
 class Broker(Protocol):
@@ -90,3 +143,25 @@ class Broker(Protocol):
 
     def info(self) -> dict[str, Any]:
         """Health details for ``/healthz``."""
+
+
+@runtime_checkable
+class ReapNotifier(Protocol):
+    """A broker that reports the connections of dead nodes once, cluster-wide (see the module docstring)."""
+
+    def on_reaped(self, handler: ReapedHandler | None) -> None:
+        """Call ``handler`` with each batch of a dead node's connections this node was chosen to handle."""
+
+
+@runtime_checkable
+class CountedPresence(Protocol):
+    """Presence with exact member counts and pages (O(1) join/leave whatever the room size)."""
+
+    async def presence_join(self, channel: str, conn_id: str, info: dict[str, Any]) -> tuple[bool, int]:
+        """:meth:`Broker.presence_add`, and the channel's member count (users) after it."""
+
+    async def presence_leave(self, channel: str, conn_id: str, user_id: int) -> tuple[bool, int]:
+        """:meth:`Broker.presence_remove`, and the channel's member count after it."""
+
+    async def presence_page(self, channel: str, after: int = 0, limit: int = 100) -> PresencePage:
+        """Members with a user id above ``after``, at most ``limit`` of them, and the member count."""

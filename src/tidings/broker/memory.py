@@ -1,34 +1,69 @@
-"""The in-memory broker: one process, no dependencies; history and presence live in dictionaries."""
+"""The in-memory broker: one process, no dependencies; history and presence live in dictionaries.
+
+Memory is bounded three ways, so no client can make a node grow without limit:
+
+* per channel: at most ``history_size`` publications and ``history_max_bytes`` bytes of history;
+* per node: at most ``history_budget_bytes`` bytes of history over all channels; above it the least recently
+  used channel loses its history first;
+* per node: at most ``max_channels`` channels with any state (offset, epoch, history); above it the least
+  recently used channel that no local connection is subscribed to is forgotten.
+
+A channel that loses its history this way gets a new epoch, so a client recovering from it is told
+``recovered: false`` instead of silently missing publications.
+"""
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.broker.base import HistoryResult, Publication, PublicationHandler
 from tidings.protocol import Frame, with_position
 
-__all__ = ["MemoryBroker"]
+__all__ = ["ENTRY_OVERHEAD", "MemoryBroker"]
+
+ENTRY_OVERHEAD = 160
+"""Bytes charged per history entry on top of its payload (the Publication and Frame objects, the deque slot)."""
 
 
 @dataclass(slots=True)
 class _Stream:
+    epoch: str
     offset: int = 0
     last_publish: float = 0.0
+    nbytes: int = 0
     history: deque[Publication] = field(default_factory=deque)
+
+
+def _cost(pub: Publication) -> int:
+    return len(pub.frame.payload) + ENTRY_OVERHEAD
 
 
 class MemoryBroker:
     """A broker for a single process: publications go straight to the local node's handler."""
 
-    def __init__(self, *, history_size: int = 1000, history_ttl: float = 86400) -> None:
+    def __init__(
+        self,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 86400,
+        history_max_bytes: int = 1 << 20,
+        history_budget_bytes: int = 32 << 20,
+        max_channels: int = 10_000,
+    ) -> None:
         self.history_size = history_size
         self.history_ttl = history_ttl
+        self.history_budget_bytes = max(1, history_budget_bytes)
+        self.history_max_bytes = max(1, min(history_max_bytes, self.history_budget_bytes))
+        self.max_channels = max(1, max_channels)
         self.epoch = secrets.token_hex(4)
-        self._streams: dict[str, _Stream] = {}
+        self.history_bytes = 0
+        self.evictions = 0
+        self._generation = 0
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()  # least recently used first
         self._handler: PublicationHandler | None = None
         self._subscribed: set[str] = set()
         self._presence: dict[str, dict[str, dict[str, Any]]] = {}
@@ -39,6 +74,11 @@ class MemoryBroker:
         """Always True: nothing to lose contact with."""
         return True
 
+    @property
+    def channel_count(self) -> int:
+        """Channels with state (offset, epoch or history) on this node."""
+        return len(self._streams)
+
     async def start(self, handler: PublicationHandler) -> None:
         """Remember the node's publication handler."""
         self._handler = handler
@@ -47,22 +87,94 @@ class MemoryBroker:
         """Stop delivering."""
         self._handler = None
 
+    # ---- channel state -------------------------------------------------------------------------------
+    def _new_epoch(self) -> str:
+        self._generation += 1
+        return f"{self.epoch}-{self._generation:x}"
+
     def _stream(self, channel: str) -> _Stream:
+        """The channel's state (created if needed), marked most recently used; expired history is dropped."""
         stream = self._streams.get(channel)
         if stream is None:
-            stream = self._streams[channel] = _Stream(history=deque(maxlen=self.history_size or None))
-        elif stream.history and time.monotonic() - stream.last_publish > self.history_ttl:
-            stream.history.clear()
+            self._make_room()
+            stream = self._streams[channel] = _Stream(self._new_epoch())
+        else:
+            self._streams.move_to_end(channel)
+            if stream.history and time.monotonic() - stream.last_publish > self.history_ttl:
+                self._drop_history(stream)
         return stream
 
+    def _make_room(self) -> None:
+        """Forget least recently used channels until one more fits under ``max_channels``."""
+        scanned = 0
+        while len(self._streams) >= self.max_channels and scanned < len(self._streams):
+            channel, stream = next(iter(self._streams.items()))
+            if channel in self._subscribed:
+                self._streams.move_to_end(channel)
+                scanned += 1
+                continue
+            if stream.history:
+                self.evictions += 1
+            self._forget(channel, stream)
+
+    def _forget(self, channel: str, stream: _Stream) -> None:
+        self.history_bytes -= stream.nbytes
+        del self._streams[channel]
+
+    def _drop_history(self, stream: _Stream) -> None:
+        """Empty a stream's history; a new epoch tells recovering clients that publications are gone."""
+        self.history_bytes -= stream.nbytes
+        stream.nbytes = 0
+        stream.history.clear()
+        stream.epoch = self._new_epoch()
+
+    def _trim(self, stream: _Stream) -> None:
+        """Apply the per-channel bounds (count and bytes) to ``stream``, oldest first."""
+        history = stream.history
+        while history and (len(history) > self.history_size or stream.nbytes > self.history_max_bytes):
+            cost = _cost(history.popleft())
+            stream.nbytes -= cost
+            self.history_bytes -= cost
+
+    def _enforce_budget(self) -> None:
+        """Evict least recently used channels' history until the node's history fits its budget."""
+        while self.history_bytes > self.history_budget_bytes and self._streams:
+            channel, stream = next(iter(self._streams.items()))
+            if channel in self._subscribed:
+                self._drop_history(stream)
+                self._streams.move_to_end(channel)
+            else:
+                self._forget(channel, stream)
+            self.evictions += 1
+
+    def forget(self, channel: str) -> None:
+        """Drop everything kept about ``channel`` (its next incarnation has a new epoch)."""
+        stream = self._streams.get(channel)
+        if stream is not None:
+            self._forget(channel, stream)
+
+    # ---- broker interface ------------------------------------------------------------------------------
     async def publish(self, channel: str, body: bytes) -> Publication:
         """Assign the next offset, keep the publication in history and deliver it to the node."""
         stream = self._stream(channel)
         stream.offset += 1
         stream.last_publish = time.monotonic()
-        pub = Publication(channel, stream.offset, self.epoch, Frame(with_position(body, stream.offset, self.epoch)))
+        payload = with_position(body, stream.offset, stream.epoch)
+        pub = Publication(channel, stream.offset, stream.epoch, Frame(payload))
         if self.history_size:
-            stream.history.append(pub)
+            # A frame of its own: the delivered one caches its wire bytes for the sockets; history keeps the payload.
+            kept = Publication(channel, stream.offset, stream.epoch, Frame(payload))
+            cost = _cost(kept)
+            if cost <= self.history_max_bytes:
+                stream.history.append(kept)
+                stream.nbytes += cost
+                self.history_bytes += cost
+            else:
+                self.history_bytes -= stream.nbytes
+                stream.history.clear()
+                stream.nbytes = 0
+            self._trim(stream)
+            self._enforce_budget()
         if self._handler is not None and channel in self._subscribed:
             self._handler(pub)
         return pub
@@ -76,18 +188,22 @@ class MemoryBroker:
         self._subscribed.discard(channel)
 
     async def position(self, channel: str) -> tuple[int, str]:
-        """The channel's latest offset and the epoch."""
-        stream = self._streams.get(channel)
-        return (stream.offset if stream else 0), self.epoch
+        """The channel's latest offset and its epoch."""
+        stream = self._stream(channel)
+        return stream.offset, stream.epoch
 
     async def recover(self, channel: str, since_offset: int, since_epoch: str) -> HistoryResult:
         """Publications after ``since_offset``; not recovered if the epoch differs or history is too short."""
         stream = self._stream(channel)
-        if since_epoch != self.epoch:
-            return HistoryResult([], stream.offset, self.epoch, recovered=False)
-        pubs = [p for p in stream.history if p.offset > since_offset]
+        if since_epoch != stream.epoch:
+            return HistoryResult([], stream.offset, stream.epoch, recovered=False)
+        pubs = [
+            Publication(p.channel, p.offset, p.epoch, Frame(p.frame.payload))
+            for p in stream.history
+            if p.offset > since_offset
+        ]
         complete = since_offset >= stream.offset or (bool(pubs) and pubs[0].offset == since_offset + 1)
-        return HistoryResult(pubs, stream.offset, self.epoch, recovered=complete)
+        return HistoryResult(pubs, stream.offset, stream.epoch, recovered=complete)
 
     async def presence_add(self, channel: str, conn_id: str, info: dict[str, Any]) -> bool:
         """Record a connection in the channel; True if its user is new there."""
@@ -133,4 +249,11 @@ class MemoryBroker:
 
     def info(self) -> dict[str, Any]:
         """Health details."""
-        return {"kind": "memory", "healthy": True, "epoch": self.epoch}
+        return {
+            "kind": "memory",
+            "healthy": True,
+            "epoch": self.epoch,
+            "channels": len(self._streams),
+            "history_bytes": self.history_bytes,
+            "history_evictions": self.evictions,
+        }

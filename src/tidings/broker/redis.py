@@ -1,18 +1,24 @@
 """The Redis broker: several Tidings processes share history, fan-out, presence and connection counts.
 
+It runs on one Redis (``redis://``), on the master Sentinel names (``redis+sentinel://``) and on Redis Cluster
+(``redis+cluster://``); see :mod:`tidings.broker.urls`, and :mod:`tidings.broker.keys` for the key layout.
+
 * **Publishing** runs one Lua script (``EVALSHA``): next offset, history append (a stream with ids
-  ``<offset>-0``), ``PUBLISH`` of the final JSON bytes. Offsets are therefore ordered and gap-free, and every
-  node wraps the bytes it receives in a :class:`~tidings.protocol.Frame` without decoding them.
-* **Fan-out**: one dedicated connection per node ``SUBSCRIBE``-s to the channels the node wants. A reader task
-  feeds the node's handler in order. It remembers the last offset delivered per channel, so after a reconnect it
-  first replays from history what it missed (same epoch) and then drops duplicates.
-* **Resilience**: when the connection drops the reader logs once, counts a disconnect, marks the broker
-  unhealthy and retries with capped exponential backoff; once back it resubscribes, re-registers this node's
-  presence and connection entries, replays missed publications, logs once and counts a reconnect. Local
-  connections keep being served meanwhile; publishing raises :class:`BrokerUnavailable`.
-* **Cluster registry**: presence and per-user connections carry the node id; a node is alive while its heartbeat
-  (every ``presence_ttl / 3`` seconds) keeps its expiry in the future, so a killed node's entries vanish on their
-  own. See :mod:`tidings.broker.redis_scripts` for the key layout.
+  ``<offset>-0``, bounded by count and bytes), ``PUBLISH`` (``SPUBLISH`` on Redis Cluster) of the final JSON bytes.
+  Offsets are therefore ordered and gap-free, and every node wraps the bytes it receives in a
+  :class:`~tidings.protocol.Frame` without decoding them.
+* **Fan-out**: the node's pub/sub connection(s) (:class:`~tidings.broker.redis_pubsub.Subscriber`; one per shard on
+  Redis Cluster) subscribe to the channels the node wants. The reader feeds the node's handler in order and
+  remembers the last offset delivered per channel, so after a reconnect it first replays from history what it
+  missed (same epoch) and then drops duplicates.
+* **Resilience**: when a connection drops (or a failover moves a slot) the reader logs once, counts a
+  disconnect, marks the broker unhealthy and retries with capped exponential backoff against the current
+  topology; once back it resubscribes, re-registers this node's presence and connection entries, replays missed
+  publications, logs once and counts a reconnect. Local connections keep being served meanwhile; publishing
+  raises :class:`BrokerUnavailable`.
+* **Node liveness**: every node holds a lease (``node_lease_ttl``, renewed every third of it). Once a node's lease
+  has passed, the first survivor to notice releases its connections (per-user limits free up at once) and one
+  survivor handles its presence entries and reports them (:meth:`RedisBroker.on_reaped`).
 """
 
 from __future__ import annotations
@@ -20,25 +26,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from tidings.broker import redis_scripts as lua
-from tidings.broker.base import BrokerUnavailable, HistoryResult, Publication, PublicationHandler
+from tidings.broker.base import (
+    BrokerUnavailable,
+    HistoryResult,
+    PresencePage,
+    Publication,
+    PublicationHandler,
+    ReapedConnection,
+    ReapedHandler,
+)
+from tidings.broker.keys import Keys
+from tidings.broker.redis_pubsub import Subscriber
+from tidings.broker.urls import parse_broker_url, redact_url
 from tidings.protocol import Frame
 
 __all__ = ["RedisBroker", "redact_url"]
@@ -47,18 +61,16 @@ logger = logging.getLogger("tidings.broker.redis")
 
 T = TypeVar("T")
 
-#: Errors that mean "Redis cannot be reached" (as opposed to a bug in a command).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and ``/healthz``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + netloc, parts.path, parts.query, parts.fragment))
+#: Errors that mean "Redis cannot be reached" (as opposed to a bug in a command): connection errors, and the
+#: errors of a cluster or a Sentinel set-up in the middle of a failover.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    ReadOnlyError,
+)
 
 
 def new_epoch() -> str:
@@ -66,15 +78,26 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
-class RedisBroker:
-    """A :class:`~tidings.broker.base.Broker` backed by Redis (``redis://``, ``rediss://``, ``unix://``).
+def _is_failover_error(exc: BaseException) -> bool:
+    """Errors a cluster answers while a failover is under way (no master for a slot yet, MASTERDOWN...)."""
+    if isinstance(exc, CONNECTION_ERRORS):
+        return True
+    text = str(exc)
+    return isinstance(exc, ResponseError) and text.startswith(("CLUSTERDOWN", "MASTERDOWN", "LOADING", "READONLY"))
 
+
+class RedisBroker:
+    """A :class:`~tidings.broker.base.Broker` backed by Redis: one server, Sentinel or Redis Cluster.
+
+    Also a :class:`~tidings.broker.base.ReapNotifier` and a :class:`~tidings.broker.base.CountedPresence`.
     Keyword-only options and their defaults:
 
     * ``prefix="tidings"`` — prefix of every key and pub/sub channel (``TIDINGS_BROKER_PREFIX``);
-    * ``history_size=1000`` — publications kept per channel (stream ``MAXLEN``; 0 keeps none);
+    * ``history_size=1000`` — publications kept per channel (0 keeps none);
+    * ``history_max_bytes=1048576`` — bytes of history kept per channel (0: no byte bound);
     * ``history_ttl=86400`` — seconds a channel's history and offset counter live after its last publish;
-    * ``presence_ttl=30`` — seconds after which a silent node's presence and connection entries expire;
+    * ``presence_ttl=30`` — seconds presence keys live without a live node refreshing them (a safety net);
+    * ``node_lease_ttl=6`` — seconds after which a silent node counts as dead (its connections are released);
     * ``reconnect_delay=0.2`` / ``reconnect_max_delay=5.0`` — first and largest pause between reconnect attempts;
     * ``command_timeout=5.0`` — socket timeout of ordinary commands.
     """
@@ -86,27 +109,32 @@ class RedisBroker:
         prefix: str = "tidings",
         history_size: int = 1000,
         history_ttl: int = 86400,
+        history_max_bytes: int = 1 << 20,
         presence_ttl: int = 30,
+        node_lease_ttl: float = 6.0,
         reconnect_delay: float = 0.2,
         reconnect_max_delay: float = 5.0,
         command_timeout: float = 5.0,
     ) -> None:
         self.url = url
+        self.target = parse_broker_url(url)
         self.prefix = prefix
         self.history_size = history_size
         self.history_ttl = history_ttl
+        self.history_max_bytes = history_max_bytes
         self.presence_ttl = presence_ttl
+        self.node_lease_ttl = node_lease_ttl
         self.reconnect_delay = reconnect_delay
         self.reconnect_max_delay = reconnect_max_delay
         self.node_id = secrets.token_hex(6)
-        self.keys = lua.Keys(prefix)
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
+        self.keys = Keys(prefix)
+        self._cmd = self.target.publish_command
+        self._check = "1" if self.target.mode != "redis" else "0"  # new epoch after a failover (replicated set-ups)
+        self.client: Any = self.target.async_client(
             socket_timeout=command_timeout,
             socket_connect_timeout=min(command_timeout, 2.0),
             retry=Retry(NoBackoff(), 1),
             health_check_interval=0,
-            protocol=2,
         )
         self._publish = self.client.register_script(lua.PUBLISH)
         self._recover = self.client.register_script(lua.RECOVER)
@@ -117,37 +145,45 @@ class RedisBroker:
         self._stats = self.client.register_script(lua.STATS)
         self._pres_add = self.client.register_script(lua.PRESENCE_ADD)
         self._pres_remove = self.client.register_script(lua.PRESENCE_REMOVE)
-        self._pres_get = self.client.register_script(lua.PRESENCE_GET)
+        self._pres_page = self.client.register_script(lua.PRESENCE_PAGE)
         self._handler: PublicationHandler | None = None
-        # Channels this node wants, by their pub/sub key; and the pub/sub key -> channel map for the reader.
+        self._reaped_handler: ReapedHandler | None = None
+        # Channels this node wants, by their pub/sub key -> channel name.
         self._channels: dict[bytes, str] = {}
-        self._pending_subs: dict[bytes, list[asyncio.Future[None]]] = {}
         self._markers: dict[bytes, asyncio.Future[None]] = {}
-        self._control = f"{prefix}:control:{self.node_id}".encode()
         self._last: dict[str, tuple[str, int]] = {}  # channel -> (epoch, offset) last delivered
         # This node's registrations, replayed after a reconnect (Redis may have lost them).
-        self._local_conns: dict[str, int] = {}  # conn_id -> user_id
-        self._local_presence: dict[str, dict[str, str]] = {}  # channel -> conn_id -> entry value
-        self._stale_presence: set[tuple[str, str]] = set()  # (channel, conn_id) to delete once Redis is back
-        self._stale_conns: dict[str, int] = {}  # conn_id -> user_id to delete once Redis is back
-        self._sub: AbstractConnection | None = None
+        self._local_conns: dict[str, tuple[int, bytes]] = {}  # node.conn -> (user_id, user JSON)
+        self._local_presence: dict[str, dict[str, tuple[int, bytes]]] = {}  # channel -> node.conn -> (uid, JSON)
+        self._stale_presence: dict[tuple[str, str], int] = {}  # (channel, node.conn) -> uid, removed once back
+        self._stale_conns: dict[str, int] = {}  # node.conn -> user_id, removed once Redis is back
+        self._sub: Subscriber | None = None
         self._connected = False
         self._closing = False
         self._reader: asyncio.Task[None] | None = None
         self._beater: asyncio.Task[None] | None = None
         self._first_attempt: asyncio.Event | None = None
         self._lost_at: float | None = None
-        self._pong_pending = 0
         self.reconnects = 0
         self.disconnects = 0
+        self.reaped = 0
         self.last_error = ""
         self.down_since: float | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     @property
     def healthy(self) -> bool:
-        """True while the pub/sub connection is up (and heartbeats succeed)."""
+        """True while the pub/sub connections are up (and heartbeats succeed)."""
         return self._connected
+
+    @property
+    def mode(self) -> str:
+        """``redis``, ``sentinel`` or ``cluster``."""
+        return self.target.mode
+
+    def on_reaped(self, handler: ReapedHandler | None) -> None:
+        """Hand dead nodes' connections this node was chosen to handle to ``handler`` (see ``broker.base``)."""
+        self._reaped_handler = handler
 
     async def start(self, handler: PublicationHandler) -> None:
         """Start the reader and heartbeat tasks; waits for the first connection attempt (success or not)."""
@@ -171,12 +207,13 @@ class RedisBroker:
         try:
             if not self._connected:
                 raise RedisConnectionError("not connected")
-            async with self.client.pipeline(transaction=False) as pipe:
-                for channel, entries in self._local_presence.items():
-                    if entries:
-                        pipe.hdel(self.keys.pres(channel), *entries)
-                await pipe.execute()
-            await self._node_leave(args=[self.prefix, self.node_id])
+            calls = [
+                (self.keys.presence(channel), [conn, uid])
+                for channel, entries in self._local_presence.items()
+                for conn, (uid, _) in entries.items()
+            ]
+            await self._many(self._pres_remove, calls)
+            await self._node_leave(keys=self.keys.registry, args=[self.node_id])
         except CONNECTION_ERRORS as exc:
             logger.warning("could not remove this node's entries from Redis (%s); they will expire", exc)
         self._local_presence.clear()
@@ -186,19 +223,42 @@ class RedisBroker:
         self._connected = False
         await self.client.aclose()
 
-    # ---- publishing and history ------------------------------------------------------------------------
+    # ---- helpers -----------------------------------------------------------------------------------------
     async def _call(self, func: Callable[[], Awaitable[T]]) -> T:
         try:
             return await func()
-        except CONNECTION_ERRORS as exc:
+        except Exception as exc:
+            if not _is_failover_error(exc):
+                raise
             self.last_error = str(exc) or type(exc).__name__
             raise BrokerUnavailable(f"Redis unavailable: {self.last_error}") from exc
 
+    async def _many(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run ``script`` once per ``(keys, args)``: pipelined on one Redis, concurrently on Redis Cluster."""
+        replies: list[Any] = []
+        if self.target.sharded:
+            for start in range(0, len(calls), 64):
+                batch = calls[start : start + 64]
+                replies += await asyncio.gather(*(script(keys=k, args=a) for k, a in batch))
+            return replies
+        for start in range(0, len(calls), 500):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys, args in calls[start : start + 500]:
+                    await script(keys=keys, args=args, client=pipe)
+                replies += await pipe.execute()
+        return replies
+
+    def _cluster_id(self, conn_id: str) -> str:
+        """Connection ids are unique per process only; prefix them with this node's id."""
+        return f"{self.node_id}.{conn_id}"
+
+    # ---- publishing and history ------------------------------------------------------------------------
     async def publish(self, channel: str, body: bytes) -> Publication:
-        """Run the publish script: offset, history, ``PUBLISH`` of the final bytes, atomically."""
+        """Run the publish script: offset, history, ``(S)PUBLISH`` of the final bytes, atomically."""
         head = lua.body_head(body)
-        args: list[EncodableT] = [head, new_epoch(), self.history_size, self.history_ttl, self.keys.pub(channel)]
-        keys = [self.keys.meta(channel), self.keys.hist(channel)]
+        args: list[EncodableT] = [head, new_epoch(), self.history_size, self.history_ttl, self.history_max_bytes]
+        args += [self._cmd, self._check]
+        keys = self.keys.stream(channel)
         offset, epoch = await self._call(lambda: self._publish(keys=keys, args=args))
         payload = b'%s"offset":%d,"epoch":"%s"}' % (head, offset, epoch)
         return Publication(channel, int(offset), epoch.decode(), Frame(payload))
@@ -216,20 +276,13 @@ class RedisBroker:
         self, channel: str, since: int, since_epoch: str, *, sync: bool = False
     ) -> tuple[int, str, list[Publication]]:
         """Run the recover script; with ``sync``, wait for its marker to come through the pub/sub stream."""
-        keys = [self.keys.meta(channel), self.keys.hist(channel)]
+        keys = self.keys.stream(channel)
         marker = b""
         future: asyncio.Future[None] | None = None
         if sync and self._connected and self.keys.pub(channel).encode() in self._channels:
-            marker = secrets.token_hex(8).encode()
+            marker = lua.MARKER + self.node_id.encode() + secrets.token_hex(8).encode()
             future = self._markers[marker] = asyncio.get_running_loop().create_future()
-        args: list[EncodableT] = [
-            new_epoch(),
-            self.history_ttl,
-            since,
-            since_epoch,
-            self._control if future else "",
-            marker,
-        ]
+        args: list[EncodableT] = [new_epoch(), self.history_ttl, since, since_epoch, marker, self._cmd, self._check]
         try:
             offset, epoch_b, entries = await self._call(lambda: self._recover(keys=keys, args=args))
             if future is not None:
@@ -266,19 +319,10 @@ class RedisBroker:
         sub = self._sub
         if sub is None or not self._connected:
             return  # subscribed by the reader when the connection comes back
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending_subs.setdefault(key, []).append(future)
         try:
-            await sub.send_command("SUBSCRIBE", key)
-            await asyncio.wait_for(future, 5.0)
-        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError):
+            await sub.subscribe(key)
+        except (*CONNECTION_ERRORS, TimeoutError):  # type: ignore[misc]
             pass  # the reader reconnects and resubscribes every wanted channel
-        finally:
-            waiting = self._pending_subs.get(key)
-            if waiting is not None and future in waiting:
-                waiting.remove(future)
-                if not waiting:
-                    del self._pending_subs[key]
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving the channel's publications."""
@@ -288,14 +332,13 @@ class RedisBroker:
         sub = self._sub
         if sub is not None and self._connected:
             with contextlib.suppress(*CONNECTION_ERRORS):
-                await sub.send_command("UNSUBSCRIBE", key)
+                await sub.unsubscribe(key)
 
     # ---- the reader --------------------------------------------------------------------------------------
     async def _drop_sub(self) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.disconnect(nowait=True)
+            await sub.close()
 
     async def _run(self) -> None:
         """Connect, subscribe, read; on failure back off (capped, with jitter) and do it again, until closed."""
@@ -308,8 +351,8 @@ class RedisBroker:
             except Exception as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 await self._drop_sub()
-                self._release_pending()
-                if not isinstance(exc, CONNECTION_ERRORS):
+                self._release_markers()
+                if not _is_failover_error(exc):
                     logger.exception("Redis broker reader failed")
                 if self._connected:
                     self._connected = False
@@ -330,35 +373,23 @@ class RedisBroker:
                 attempt += 1
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
 
-    def _release_pending(self) -> None:
-        """Let :meth:`subscribe` calls waiting for a confirmation return (the reconnect will subscribe)."""
-        for waiting in self._pending_subs.values():
-            for future in waiting:
-                if not future.done():
-                    future.set_result(None)
-        self._pending_subs.clear()
+    def _release_markers(self) -> None:
+        """Let :meth:`position`/:meth:`recover` calls waiting for a marker return (the reconnect replays)."""
         for future in self._markers.values():
             if not future.done():
                 future.set_result(None)
 
     async def _connect_and_read(self) -> None:
-        sub = self.client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        sub = Subscriber(
+            self.client,
+            sharded=self.target.sharded,
+            name=f"tidings-sub:{self.prefix}:{self.node_id}",
+            on_message=self._on_message,
+        )
         self._sub = sub
-        await sub.connect()
-        await sub.send_command("CLIENT", "SETNAME", f"tidings-sub:{self.prefix}:{self.node_id}")
-        await sub.read_response()
         wanted = list(self._channels)
-        await sub.send_command("SUBSCRIBE", self._control, *wanted)
         # Wait for every confirmation so that a replay from history cannot leave a gap before live messages.
-        early: list[list[bytes]] = []
-        confirmed = 0
-        while confirmed < len(wanted) + 1:
-            msg = await sub.read_response(timeout=math.inf, disconnect_on_error=False)
-            if msg[0] == b"subscribe":
-                confirmed += 1
-                self._resolve(msg[1])
-            elif msg[0] == b"message":
-                early.append(msg)
+        await sub.open(wanted)
         await self._register()
         await self._replay()
         if self._lost_at is not None:
@@ -370,42 +401,28 @@ class RedisBroker:
             )
             self._lost_at = None
         else:
-            logger.info("Redis broker connected to %s (node %s)", redact_url(self.url), self.node_id)
-        self._pong_pending = 0
+            logger.info(
+                "Redis broker connected to %s (%s, node %s)", redact_url(self.url), self.target.mode, self.node_id
+            )
         self.down_since = None
         self._connected = True
         if self._first_attempt is not None:
             self._first_attempt.set()
-        # Channels wanted (or dropped) while this connection was being set up.
-        extra = [key for key in self._channels if key not in set(wanted)]
-        dropped = [key for key in wanted if key not in self._channels]
-        if extra:
-            await sub.send_command("SUBSCRIBE", *extra)
-        if dropped:
-            await sub.send_command("UNSUBSCRIBE", *dropped)
-        for msg in early:
-            self._on_message(msg[1], msg[2])
-        while True:
-            msg = await sub.read_response(timeout=math.inf, disconnect_on_error=False)
-            kind = msg[0]
-            if kind == b"message":
-                if msg[1] == self._control:
-                    marker = self._markers.get(msg[2])
-                    if marker is not None and not marker.done():
-                        marker.set_result(None)
-                else:
-                    self._on_message(msg[1], msg[2])
-            elif kind == b"subscribe":
-                self._resolve(msg[1])
-            elif kind == b"pong":
-                self._pong_pending = 0
-
-    def _resolve(self, key: bytes) -> None:
-        for future in self._pending_subs.pop(key, ()):
-            if not future.done():
-                future.set_result(None)
+        # Channels wanted (or dropped) while the connections were being set up.
+        known = set(wanted)
+        for key in [key for key in self._channels if key not in known]:
+            with contextlib.suppress(TimeoutError):
+                await sub.subscribe(key)
+        for key in [key for key in wanted if key not in self._channels]:
+            await sub.unsubscribe(key)
+        await sub.run()
 
     def _on_message(self, key: bytes, payload: bytes) -> None:
+        if payload[:1] == lua.MARKER:
+            marker = self._markers.get(payload)
+            if marker is not None and not marker.done():
+                marker.set_result(None)
+            return  # another node's marker
         channel = self._channels.get(key)
         if channel is None or self._handler is None:
             return
@@ -426,100 +443,170 @@ class RedisBroker:
     async def _replay(self) -> None:
         """After a reconnect: deliver what each channel published while this node was not listening.
 
-        One pipelined recover script per channel (in batches), so a node with thousands of channels catches up
-        in a few round trips.
+        One recover script per channel, pipelined (or concurrent on Redis Cluster), so a node with thousands of
+        channels catches up in a few round trips.
         """
         items = list(self._last.items())
-        for start in range(0, len(items), 500):
-            batch = items[start : start + 500]
-            async with self.client.pipeline(transaction=False) as pipe:
-                for channel, (epoch, offset) in batch:
-                    keys = [self.keys.meta(channel), self.keys.hist(channel)]
-                    args: list[EncodableT] = [new_epoch(), self.history_ttl, offset, epoch, "", b""]
-                    await self._recover(keys=keys, args=args, client=pipe)
-                replies = await pipe.execute()
-            for (channel, (epoch, _)), (_, current_b, entries) in zip(batch, replies, strict=True):
-                current = current_b.decode()
-                if current != epoch:
-                    # History was lost (Redis restarted empty, or the TTL passed): all of the new epoch is new.
-                    _, _, pubs = await self._history(channel, 0, current)
-                else:
-                    pubs = self._publications(channel, current, entries)
-                key = self.keys.pub(channel).encode()
-                for pub in pubs:
-                    self._on_message(key, pub.frame.payload)
+        calls: list[tuple[list[str], list[Any]]] = [
+            (self.keys.stream(channel), [new_epoch(), self.history_ttl, offset, epoch, b"", self._cmd, self._check])
+            for channel, (epoch, offset) in items
+        ]
+        replies = await self._many(self._recover, calls)
+        for (channel, (epoch, _)), (_, current_b, entries) in zip(items, replies, strict=True):
+            current = current_b.decode()
+            if current != epoch:
+                # History was lost (Redis restarted empty, a failover, the TTL passed): all of the new epoch is new.
+                _, _, pubs = await self._history(channel, 0, current)
+            else:
+                pubs = self._publications(channel, current, entries)
+            key = self.keys.pub(channel).encode()
+            for pub in pubs:
+                self._on_message(key, pub.frame.payload)
 
-    # ---- heartbeat and registrations ------------------------------------------------------------------------
+    # ---- heartbeat, registrations and reaping ---------------------------------------------------------------
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.node_lease_ttl * 1000)
+
     async def _register(self) -> None:
         """(Re-)register this node, its connections and presence entries; flush removals made while down."""
-        ttl_ms = self.presence_ttl * 1000
-        await self._heartbeat(args=[self.prefix, self.node_id, ttl_ms])
+        reg = self.keys.registry
+        # Start from a clean slate: after a failover the registry may hold a stale view of this node's entries.
+        await self._node_leave(keys=reg, args=[self.node_id])
+        await self._heartbeat(keys=reg, args=[self.node_id, self._lease_ms])
         for conn_id, user_id in list(self._stale_conns.items()):
-            await self._conn_remove(args=[self.prefix, self.node_id, user_id, conn_id])
+            await self._conn_remove(keys=reg, args=[conn_id, user_id])
             self._stale_conns.pop(conn_id, None)
-        for conn_id, user_id in list(self._local_conns.items()):
-            await self._conn_add(args=[self.prefix, self.node_id, user_id, conn_id])
-        for channel, conn_id in list(self._stale_presence):
-            await self.client.hdel(self.keys.pres(channel), conn_id)
-            self._stale_presence.discard((channel, conn_id))
-        async with self.client.pipeline(transaction=False) as pipe:
-            for channel, entries in self._local_presence.items():
-                if entries:
-                    pipe.hset(self.keys.pres(channel), mapping=cast(Mapping[EncodableT, EncodableT], entries))
-                    pipe.pexpire(self.keys.pres(channel), ttl_ms)
-            await pipe.execute()
+        await self._many(
+            self._conn_add,
+            [(reg, [self.node_id, self._lease_ms, uid, conn, info]) for conn, (uid, info) in self._local_conns.items()],
+        )
+        stale = list(self._stale_presence.items())
+        await self._many(self._pres_remove, [(self.keys.presence(ch), [conn, uid]) for (ch, conn), uid in stale])
+        for item, _ in stale:
+            self._stale_presence.pop(item, None)
+        ttl_ms = self.presence_ttl * 1000
+        entries = [
+            (channel, conn, uid, info)
+            for channel, conns in self._local_presence.items()
+            for conn, (uid, info) in conns.items()
+        ]
+        if entries:
+            members: list[Any] = []
+            for channel, conn, _, _ in entries:
+                members += [0, f"{conn}|{channel}"]
+            await self.client.execute_command("ZADD", self.keys.index, *members)
+        await self._many(
+            self._pres_add, [(self.keys.presence(ch), [conn, uid, info, ttl_ms]) for ch, conn, uid, info in entries]
+        )
+
+    async def _refresh_presence(self) -> None:
+        """Push the TTL of the presence keys this node has entries in forward (a safety net, see ``presence_ttl``)."""
+        ttl_ms = self.presence_ttl * 1000
+        keys = [key for channel in self._local_presence for key in self.keys.presence(channel)]
+        if self.target.sharded:
+            for start in range(0, len(keys), 64):
+                await asyncio.gather(*(self.client.pexpire(key, ttl_ms) for key in keys[start : start + 64]))
+            return
+        for start in range(0, len(keys), 1000):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys[start : start + 1000]:
+                    pipe.pexpire(key, ttl_ms)
+                await pipe.execute()
 
     async def _beat(self) -> None:
-        """Every ``presence_ttl / 3`` s: push this node's expiry forward, refresh presence TTLs, ping the reader."""
-        period = max(0.2, self.presence_ttl / 3)
-        ttl_ms = self.presence_ttl * 1000
+        """Every third of the lease: renew it, reap dead nodes, handle their reports, ping the pub/sub connections.
+
+        The presence keys' TTL is refreshed every third of ``presence_ttl``.
+        """
+        period = max(0.2, self.node_lease_ttl / 3)
+        presence_period = max(period, self.presence_ttl / 3)
+        next_presence = time.monotonic() + presence_period
         while True:
             await asyncio.sleep(period)
             if not self._connected:
                 continue
             try:
-                missing = await self._heartbeat(args=[self.prefix, self.node_id, ttl_ms])
+                missing = await self._heartbeat(keys=self.keys.registry, args=[self.node_id, self._lease_ms])
                 if missing:
-                    logger.warning("this node's Redis entries were gone (expired or lost); re-registering")
+                    logger.warning("this node's Redis entries were gone (expired, reaped or lost); re-registering")
                     await self._register()
-                else:
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for channel, entries in self._local_presence.items():
-                            if entries:
-                                pipe.pexpire(self.keys.pres(channel), ttl_ms)
-                        await pipe.execute()
+                elif time.monotonic() >= next_presence:
+                    next_presence = time.monotonic() + presence_period
+                    await self._refresh_presence()
+                await self._handle_reaped()
                 sub = self._sub
                 if sub is not None:
-                    if self._pong_pending >= 2:
-                        raise RedisConnectionError("no PONG on the pub/sub connection")
-                    self._pong_pending += 1
-                    await sub.send_command("PING")
-            except CONNECTION_ERRORS as exc:
+                    await sub.ping()
+            except Exception as exc:
+                if not _is_failover_error(exc):
+                    logger.exception("Redis broker heartbeat failed; trying again in %.1fs", period)
+                    continue
                 self.last_error = str(exc) or type(exc).__name__
                 await self._drop_sub()  # the reader notices, reports and reconnects
-            except Exception:
-                logger.exception("Redis broker heartbeat failed; trying again in %.1fs", period)
 
-    def _cluster_id(self, conn_id: str) -> str:
-        """Connection ids are unique per process only; prefix them with this node's id."""
-        return f"{self.node_id}.{conn_id}"
+    async def _handle_reaped(self, batch: int = 200, rounds: int = 10) -> None:
+        """Pop dead nodes' connections (each popped by exactly one node), clear their presence, report them."""
+        for _ in range(rounds):
+            raw = await self.client.lpop(self.keys.reaped, batch)
+            if not raw:
+                return
+            reaped: list[ReapedConnection] = []
+            for item in raw:
+                try:
+                    rec = orjson.loads(item)
+                    node, conn = str(rec["node"]), str(rec["conn"])
+                    reaped.append(
+                        ReapedConnection(
+                            node_id=node,
+                            conn_id=conn.split(".", 1)[1] if "." in conn else conn,
+                            user_id=int(rec["user_id"]),
+                            info=dict(rec["info"]),
+                            channels=[str(ch) for ch in rec["channels"]],
+                        )
+                    )
+                except (ValueError, KeyError, TypeError, IndexError):
+                    logger.warning("ignoring a malformed reaped-connection record: %r", item[:200])
+            calls = [
+                (self.keys.presence(ch), [f"{r.node_id}.{r.conn_id}", r.user_id]) for r in reaped for ch in r.channels
+            ]
+            replies = iter(await self._many(self._pres_remove, calls))
+            for r in reaped:
+                r.left = [ch for ch in r.channels if int(next(replies)[0])]
+            self.reaped += len(reaped)
+            logger.info(
+                "released %d connections of dead node(s) %s",
+                len(reaped),
+                ", ".join(sorted({r.node_id for r in reaped})),
+            )
+            if self._reaped_handler is not None and reaped:
+                try:
+                    await self._reaped_handler(reaped)
+                except Exception:
+                    logger.exception("the reaped-connections handler failed")
 
     # ---- presence ----------------------------------------------------------------------------------------
-    async def presence_add(self, channel: str, conn_id: str, info: dict[str, Any]) -> bool:
-        """Record a connection in the channel; True when its user had no live connection there before."""
+    async def presence_join(self, channel: str, conn_id: str, info: dict[str, Any]) -> tuple[bool, int]:
+        """Record a connection in the channel (O(1)); (True if its user was not present before, member count)."""
         conn_id = self._cluster_id(conn_id)
         user_id = int(info["user_id"])
-        value = f"{self.node_id}|{user_id}|".encode() + orjson.dumps(info)
-        self._local_presence.setdefault(channel, {})[conn_id] = value.decode()
-        self._stale_presence.discard((channel, conn_id))
-        args: list[EncodableT] = [self.prefix, conn_id, user_id, value, self.presence_ttl * 1000]
-        return bool(await self._call(lambda: self._pres_add(keys=[self.keys.pres(channel)], args=args)))
+        value = orjson.dumps(info)
+        self._local_presence.setdefault(channel, {})[conn_id] = (user_id, value)
+        self._stale_presence.pop((channel, conn_id), None)
+        args: list[EncodableT] = [conn_id, user_id, value, self.presence_ttl * 1000]
+        await self._call(lambda: self.client.zadd(self.keys.index, {f"{conn_id}|{channel}": 0}))
+        new, count = await self._call(lambda: self._pres_add(keys=self.keys.presence(channel), args=args))
+        return bool(new), int(count)
 
-    async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
-        """Forget a connection; True when its user has no live connection left in the channel.
+    async def presence_add(self, channel: str, conn_id: str, info: dict[str, Any]) -> bool:
+        """Record a connection in the channel; True when its user had no connection there before."""
+        return (await self.presence_join(channel, conn_id, info))[0]
 
-        While Redis is unreachable the removal is queued (and False returned) rather than raised, so that a node
-        disconnecting a client still forgets all of its entries.
+    async def presence_leave(self, channel: str, conn_id: str, user_id: int) -> tuple[bool, int]:
+        """Forget a connection (O(1)); (True if its user has no connection left in the channel, member count).
+
+        While Redis is unreachable the removal is queued (and ``(False, -1)`` returned) rather than raised, so a
+        node disconnecting a client still forgets all of its entries.
         """
         conn_id = self._cluster_id(conn_id)
         entries = self._local_presence.get(channel)
@@ -527,62 +614,85 @@ class RedisBroker:
             entries.pop(conn_id, None)
             if not entries:
                 del self._local_presence[channel]
+        args: list[EncodableT] = [conn_id, user_id]
         try:
-            args: list[EncodableT] = [self.prefix, conn_id, user_id]
-            return bool(await self._call(lambda: self._pres_remove(keys=[self.keys.pres(channel)], args=args)))
+            gone, count = await self._call(lambda: self._pres_remove(keys=self.keys.presence(channel), args=args))
+            await self._call(lambda: self.client.zrem(self.keys.index, f"{conn_id}|{channel}"))
         except BrokerUnavailable:
-            # Removed once Redis is back (or expired with this node); no leave event, it could not be published.
-            self._stale_presence.add((channel, conn_id))
-            return False
+            # Removed once Redis is back (or by a survivor once this node's lease is gone); no leave event.
+            self._stale_presence[(channel, conn_id)] = user_id
+            return False, -1
+        return bool(gone), int(count)
+
+    async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
+        """Forget a connection; True when its user has no connection left in the channel."""
+        return (await self.presence_leave(channel, conn_id, user_id))[0]
+
+    async def presence_page(self, channel: str, after: int = 0, limit: int = 100) -> PresencePage:
+        """Members with a user id above ``after`` (at most ``limit``, in user id order) and the member count."""
+        limit = max(1, min(int(limit), 1000))
+        reply = await self._call(lambda: self._pres_page(keys=self.keys.presence(channel)[2:], args=[after, limit]))
+        users = [orjson.loads(value) for value in reply[1:]]
+        cursor = int(users[-1]["user_id"]) if len(users) == limit else None
+        return PresencePage(users, int(reply[0]), cursor)
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:
-        """Users present in the channel on live nodes, one entry per user."""
-        values = await self._call(lambda: self._pres_get(keys=[self.keys.pres(channel)], args=[self.prefix]))
-        users: dict[int, dict[str, Any]] = {}
-        for value in values:
-            entry = orjson.loads(value.split(b"|", 2)[2])
-            users.setdefault(int(entry["user_id"]), entry)
-        return [users[uid] for uid in sorted(users)]
+        """Every user present in the channel (all pages), one entry per user, in user id order."""
+        users: list[dict[str, Any]] = []
+        after: int | None = 0
+        while after is not None:
+            page = await self.presence_page(channel, after, 1000)
+            users += page.users
+            after = page.cursor
+        return users
 
     # ---- connections -------------------------------------------------------------------------------------
-    async def connection_add(self, user_id: int, conn_id: str) -> int:
-        """Count a connection cluster-wide (atomic add-and-count); while Redis is down, count this node's only."""
+    async def connection_add(self, user_id: int, conn_id: str, info: dict[str, Any] | None = None) -> int:
+        """Count a connection cluster-wide (atomic add-and-count); while Redis is down, count this node's only.
+
+        ``info`` (the user's public info) is what a survivor reports if this node dies with the connection open.
+        """
         conn_id = self._cluster_id(conn_id)
-        self._local_conns[conn_id] = user_id
+        value = orjson.dumps(info if info is not None else {"user_id": user_id})
+        self._local_conns[conn_id] = (user_id, value)
         self._stale_conns.pop(conn_id, None)
-        args: list[EncodableT] = [self.prefix, self.node_id, user_id, conn_id]
+        args: list[EncodableT] = [self.node_id, self._lease_ms, user_id, conn_id, value]
         try:
-            return int(await self._call(lambda: self._conn_add(args=args)))
+            return int(await self._call(lambda: self._conn_add(keys=self.keys.registry, args=args)))
         except BrokerUnavailable:
             logger.warning("Redis unavailable: counting user %s's connections on this node only", user_id)
-            return sum(1 for uid in self._local_conns.values() if uid == user_id)
+            return sum(1 for uid, _ in self._local_conns.values() if uid == user_id)
 
     async def connection_remove(self, user_id: int, conn_id: str) -> None:
         """Forget a connection (retried after a reconnect if Redis is down now)."""
         conn_id = self._cluster_id(conn_id)
         self._local_conns.pop(conn_id, None)
-        args: list[EncodableT] = [self.prefix, self.node_id, user_id, conn_id]
+        args: list[EncodableT] = [conn_id, user_id]
         try:
-            await self._call(lambda: self._conn_remove(args=args))
+            await self._call(lambda: self._conn_remove(keys=self.keys.registry, args=args))
         except BrokerUnavailable:
             self._stale_conns[conn_id] = user_id
 
     async def stats(self) -> dict[str, int]:
         """Cluster totals of live nodes: ``{"users": n, "connections": n}``."""
-        connections, users = await self._call(lambda: self._stats(args=[self.prefix]))
+        connections, users = await self._call(lambda: self._stats(keys=self.keys.registry, args=[]))
         return {"users": int(users), "connections": int(connections)}
 
     def info(self) -> dict[str, Any]:
         """Health details for ``/healthz`` and the metrics."""
+        sub = self._sub
         return {
             "kind": "redis",
+            "mode": self.target.mode,
             "healthy": self._connected,
             "url": redact_url(self.url),
             "prefix": self.prefix,
             "node": self.node_id,
             "channels": len(self._channels),
+            "shards": len(sub.shards) if sub is not None else 0,
             "reconnects": self.reconnects,
             "disconnects": self.disconnects,
+            "reaped": self.reaped,
             "last_error": self.last_error,
             "down_since": self.down_since,
         }

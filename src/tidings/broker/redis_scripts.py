@@ -1,33 +1,32 @@
-"""Key layout and Lua scripts shared by :class:`~tidings.broker.redis.RedisBroker` and :mod:`tidings.publisher`.
+"""Lua scripts shared by :class:`~tidings.broker.redis.RedisBroker` and :mod:`tidings.publisher`.
 
-Everything lives under one prefix ``P`` (``TIDINGS_BROKER_PREFIX``)::
+Every script declares every key it touches in ``KEYS`` (the layout is in :mod:`tidings.broker.keys`), and the
+keys of one call share one hash slot, so the scripts run unchanged on one Redis, behind Sentinel and on Redis
+Cluster. Channel scripts take a channel's keys; registry scripts take :attr:`Keys.registry
+<tidings.broker.keys.Keys.registry>`. Publishing uses ``PUBLISH`` on one Redis and ``SPUBLISH`` (sharded pub/sub)
+on Redis Cluster: the command is an argument.
 
-    P:meta:<channel>    hash  {e: epoch, o: last offset}            EXPIRE history_ttl on each publish
-    P:hist:<channel>    stream, entry id "<offset>-0", field p = the final JSON bytes (MAXLEN history_size)
-    P:pub:<channel>     pub/sub channel carrying the final JSON bytes
-    P:pres:<channel>    hash  conn_id -> "<node>|<user_id>|<user json>"   PEXPIRE presence_ttl, refreshed by heartbeats
-    P:nodes             zset  node_id scored by its expiry (ms, Redis clock); heartbeats push the score forward
-    P:nconn:<node>      hash  conn_id -> user_id   (a node's connections, dropped when the node is reaped)
-    P:uconn:<user_id>   hash  conn_id -> node_id   (a user's connections across the cluster)
-    P:stats             hash  {connections: n, users: n}  kept exact by the scripts below
-
-A node is alive while its score in ``P:nodes`` is in the future. Scripts that read presence or connections ignore
-(and delete) entries of dead nodes, so a killed node's users disappear after ``presence_ttl`` without anyone
-having to notice the death. The presence and connection scripts touch keys they compute from ``P`` (not only
-``KEYS``): they suit a single Redis server or a replicated primary, not Redis Cluster.
+A node is alive while its lease (its score in ``nodes``, Redis clock + ``node_lease_ttl``) is in the future. Every
+registry script first *reaps* nodes whose lease has passed: their connections stop counting at once, and one
+record per connection (user, info, the channels it was present in) is pushed on ``reaped``, which survivors pop
+(``LPOP`` is atomic, so exactly one of them handles each record).
 """
 
 from __future__ import annotations
+
+from tidings.broker.keys import Keys
 
 __all__ = [
     "CONNECTION_ADD",
     "CONNECTION_REMOVE",
     "HEARTBEAT",
+    "MARKER",
     "NODE_LEAVE",
     "PRESENCE_ADD",
-    "PRESENCE_GET",
+    "PRESENCE_PAGE",
     "PRESENCE_REMOVE",
     "PUBLISH",
+    "REAPED_MAX",
     "RECOVER",
     "STATS",
     "Keys",
@@ -35,32 +34,11 @@ __all__ = [
     "parse_position",
 ]
 
+#: Payload prefix of the markers the recover script publishes (a publication always starts with ``{``).
+MARKER = b"~"
 
-class Keys:
-    """Redis key names under one prefix."""
-
-    __slots__ = ("nodes", "prefix", "stats")
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.nodes = f"{prefix}:nodes"
-        self.stats = f"{prefix}:stats"
-
-    def meta(self, channel: str) -> str:
-        """The channel's ``{e, o}`` hash."""
-        return f"{self.prefix}:meta:{channel}"
-
-    def hist(self, channel: str) -> str:
-        """The channel's history stream."""
-        return f"{self.prefix}:hist:{channel}"
-
-    def pub(self, channel: str) -> str:
-        """The channel's pub/sub channel."""
-        return f"{self.prefix}:pub:{channel}"
-
-    def pres(self, channel: str) -> str:
-        """The channel's presence hash."""
-        return f"{self.prefix}:pres:{channel}"
+#: Reaped-connection records kept when no survivor pops them (the oldest are dropped).
+REAPED_MAX = 100_000
 
 
 def body_head(body: bytes) -> bytes:
@@ -76,45 +54,92 @@ def parse_position(payload: bytes) -> tuple[int, str]:
     return int(payload[i + 9 : j]), payload[j + 10 : -2].decode()
 
 
-# Offset assignment, history append and fan-out in one atomic step.
-# KEYS: meta, hist. ARGV: body_head(body), epoch for a new stream, history_size, history_ttl, pub channel.
+# Prepended to the channel scripts. KEYS: meta, hist, pub.
+# current_epoch(check): the channel's epoch, or false if it has none -- or, with check = '1' (Sentinel and Redis
+# Cluster), if the channel's metadata was written under another replication history than the server's current
+# one (master_replid changes when a replica is promoted). Replication is asynchronous: a promoted replica may lack
+# the last publications its old master acknowledged (and delivered), so reusing their offsets in the same epoch
+# would make recovering clients skip or repeat messages. Starting a new epoch makes them hear recovered: false.
+_GENERATION = """
+local function replid()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+end
+local generation = ''
+local function current_epoch(check)
+  if check == '1' then
+    generation = replid()
+  end
+  local meta = redis.call('HMGET', KEYS[1], 'e', 'r')
+  if not meta[1] then
+    return false
+  end
+  if generation ~= '' and meta[2] ~= generation then
+    return false
+  end
+  return meta[1]
+end
+local function new_stream(epoch)
+  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'b', 0, 'r', generation)
+end
+"""
+
+# Offset assignment, history append (bounded by count and bytes) and fan-out in one atomic step.
+# KEYS: meta, hist, pub. ARGV: body_head(body), epoch for a new stream, history_size, history_ttl,
+# history_max_bytes (0: no byte bound), 'PUBLISH' or 'SPUBLISH', '1' to start a new epoch after a failover.
 # Returns {offset, epoch}. The epoch is created with the channel's metadata; if the metadata was lost (TTL, a Redis
-# restart without persistence) the next publish starts a new epoch at offset 1 and drops any stale history.
-PUBLISH = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
+# restart without persistence, a failover that lost it) the next publish starts a new epoch at offset 1 and drops
+# any stale history. History keeps the newest entries whose total size is at most history_max_bytes: the oldest
+# are removed first (a publication larger than the bound is not kept at all).
+PUBLISH = (
+    _GENERATION
+    + """
+local epoch = current_epoch(ARGV[7])
 if not epoch then
   epoch = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  new_stream(epoch)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local payload = ARGV[1] .. '"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
 local size = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
+local maxb = tonumber(ARGV[5])
 if size > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'p', payload)
+  redis.call('XADD', KEYS[2], offset .. '-0', 'p', payload)
+  local bytes = redis.call('HINCRBY', KEYS[1], 'b', #payload)
+  local len = redis.call('XLEN', KEYS[2])
+  while len > 0 and (len > size or (maxb > 0 and bytes > maxb)) do
+    local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', KEYS[2], first[1])
+    bytes = redis.call('HINCRBY', KEYS[1], 'b', -#first[2][2])
+    len = len - 1
+  end
   redis.call('EXPIRE', KEYS[2], ttl)
 end
 redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('PUBLISH', ARGV[5], payload)
+redis.call(ARGV[6], KEYS[3], payload)
 return {offset, epoch}
 """
+)
 
 # The channel's position, and with since >= 0 the history after it (only if the epoch matches).
-# KEYS: meta, hist. ARGV: epoch for a new stream, history_ttl, since (-1: position only), since_epoch,
-# marker channel ('' for none), marker. The marker, published last, tells the calling node's reader that every
-# publication up to the returned offset has gone through its pub/sub stream (so history and live never overlap).
+# KEYS: meta, hist, pub. ARGV: epoch for a new stream, history_ttl, since (-1: position only), since_epoch,
+# marker ('' for none), 'PUBLISH' or 'SPUBLISH', '1' to start a new epoch after a failover. The marker, published
+# first on the channel itself, tells the calling node's reader that every publication up to the returned offset has
+# gone through its pub/sub stream (so history and live publications never overlap); other nodes ignore markers.
 # Returns {offset, epoch, entries}.
-RECOVER = """
+RECOVER = (
+    _GENERATION
+    + """
 if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  redis.call(ARGV[6], KEYS[3], ARGV[5])
 end
-local epoch = redis.call('HGET', KEYS[1], 'e')
+local epoch = current_epoch(ARGV[7])
 local offset = 0
 if not epoch then
   epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  new_stream(epoch)
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 else
   offset = tonumber(redis.call('HGET', KEYS[1], 'o'))
@@ -125,111 +150,124 @@ if since < 0 or epoch ~= ARGV[4] or since >= offset then
 end
 return {offset, epoch, redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+')}
 """
+)
 
-# Helpers prepended to the cluster-registry scripts; ARGV[1] is always the key prefix.
-_COMMON = """
-local P = ARGV[1]
-local NODES = P .. ':nodes'
-local STATS = P .. ':stats'
+# Prepended to the registry scripts. KEYS: nodes, conns, index, ucount, stats, reaped.
+_REGISTRY = (
+    """
+local NODES, CONNS, INDEX, UCOUNT, STATS, REAPED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local liveness = {}
-local function alive(node)
-  local known = liveness[node]
-  if known == nil then
-    local score = redis.call('ZSCORE', NODES, node)
-    known = score ~= false and score ~= nil and tonumber(score) > now
-    liveness[node] = known
-  end
-  return known
-end
 local function drop_conn(conn, uid)
-  local ukey = P .. ':uconn:' .. uid
-  if redis.call('HDEL', ukey, conn) == 1 then
+  if redis.call('HDEL', CONNS, conn) == 1 then
     redis.call('HINCRBY', STATS, 'connections', -1)
-    if redis.call('HLEN', ukey) == 0 then
+    if redis.call('HINCRBY', UCOUNT, uid, -1) <= 0 then
+      redis.call('HDEL', UCOUNT, uid)
       redis.call('HINCRBY', STATS, 'users', -1)
     end
   end
 end
-local function reap_node(node)
-  local nkey = P .. ':nconn:' .. node
-  local all = redis.call('HGETALL', nkey)
-  for i = 1, #all, 2 do
-    drop_conn(all[i], all[i + 1])
+-- Forget a node's connections and index entries; with report, push one record per connection on REAPED.
+local function remove_node(node, report)
+  local lo, hi = '[' .. node .. '.', '(' .. node .. '/'
+  local items = redis.call('ZRANGEBYLEX', INDEX, lo, hi)
+  local order, chans = {}, {}
+  for _, item in ipairs(items) do
+    local sep = string.find(item, '|', 1, true)
+    local conn, ch = string.sub(item, 1, sep - 1), string.sub(item, sep + 1)
+    if chans[conn] == nil then
+      chans[conn] = {}
+      order[#order + 1] = conn
+    end
+    if ch ~= '' then
+      table.insert(chans[conn], ch)
+    end
   end
-  redis.call('DEL', nkey)
+  for _, conn in ipairs(order) do
+    local rec = redis.call('HGET', CONNS, conn)
+    if rec then
+      local sep = string.find(rec, '|', 1, true)
+      local uid, info = string.sub(rec, 1, sep - 1), string.sub(rec, sep + 1)
+      drop_conn(conn, uid)
+      if report then
+        local list = '[]'
+        if #chans[conn] > 0 then
+          list = '["' .. table.concat(chans[conn], '","') .. '"]'
+        end
+        redis.call('RPUSH', REAPED, '{"node":"' .. node .. '","conn":"' .. conn .. '","user_id":' .. uid
+          .. ',"info":' .. info .. ',"channels":' .. list .. '}')
+      end
+    end
+  end
+  redis.call('ZREMRANGEBYLEX', INDEX, lo, hi)
   redis.call('ZREM', NODES, node)
 end
 local function reap()
   local dead = redis.call('ZRANGEBYSCORE', NODES, '-inf', now)
   for _, node in ipairs(dead) do
-    reap_node(node)
+    remove_node(node, true)
+  end
+  if #dead > 0 then
+    redis.call('LTRIM', REAPED, -"""
+    + str(REAPED_MAX)
+    + """, -1)
   end
 end
-local function entry_fields(value)
-  return string.match(value, '^([^|]*)|([^|]*)|')
-end
-"""
-
-# ARGV: prefix, node, ttl_ms. Pushes the node's expiry forward and reaps dead nodes.
-# Returns 1 if the node was not registered (first beat, reaped, or Redis lost its data): re-register everything.
-HEARTBEAT = (
-    _COMMON
-    + """
-reap()
-local added = redis.call('ZADD', NODES, now + tonumber(ARGV[3]), ARGV[2])
-return added
 """
 )
 
-# ARGV: prefix, node. Removes the node and its connection entries (graceful shutdown).
-NODE_LEAVE = (
-    _COMMON
+# ARGV: node, lease_ms. Reaps dead nodes, pushes this node's lease forward.
+# Returns 1 if the node was not registered (first beat, reaped, or Redis lost its data): re-register everything.
+HEARTBEAT = (
+    _REGISTRY
     + """
-reap_node(ARGV[2])
+reap()
+return redis.call('ZADD', NODES, now + tonumber(ARGV[2]), ARGV[1])
+"""
+)
+
+# ARGV: node. Removes the node and its connections without reporting them (graceful shutdown).
+NODE_LEAVE = (
+    _REGISTRY
+    + """
+remove_node(ARGV[1], false)
 return 1
 """
 )
 
-# ARGV: prefix, node, user_id, conn_id. Atomic add-and-count; returns the user's live connection count.
+# ARGV: node, lease_ms, user_id, node.conn, user JSON. Atomic add-and-count: returns the user's connection count.
 CONNECTION_ADD = (
-    _COMMON
+    _REGISTRY
     + """
-local node, uid, conn = ARGV[2], ARGV[3], ARGV[4]
+local node, uid, conn = ARGV[1], ARGV[3], ARGV[4]
 reap()
-local ukey = P .. ':uconn:' .. uid
-local current = redis.call('HGETALL', ukey)
-for i = 1, #current, 2 do
-  if not alive(current[i + 1]) then
-    redis.call('HDEL', P .. ':nconn:' .. current[i + 1], current[i])
-    drop_conn(current[i], uid)
-  end
+if not redis.call('ZSCORE', NODES, node) then
+  redis.call('ZADD', NODES, now + tonumber(ARGV[2]), node)
 end
-if redis.call('HSET', ukey, conn, node) == 1 then
+if redis.call('HSET', CONNS, conn, uid .. '|' .. ARGV[5]) == 1 then
   redis.call('HINCRBY', STATS, 'connections', 1)
-  if redis.call('HLEN', ukey) == 1 then
+  if redis.call('HINCRBY', UCOUNT, uid, 1) == 1 then
     redis.call('HINCRBY', STATS, 'users', 1)
   end
 end
-redis.call('HSET', P .. ':nconn:' .. node, conn, uid)
-return redis.call('HLEN', ukey)
+redis.call('ZADD', INDEX, 0, conn .. '|')
+return tonumber(redis.call('HGET', UCOUNT, uid))
 """
 )
 
-# ARGV: prefix, node, user_id, conn_id.
+# ARGV: node.conn, user_id.
 CONNECTION_REMOVE = (
-    _COMMON
+    _REGISTRY
     + """
-redis.call('HDEL', P .. ':nconn:' .. ARGV[2], ARGV[4])
-drop_conn(ARGV[4], ARGV[3])
+drop_conn(ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYLEX', INDEX, '[' .. ARGV[1] .. '|', '(' .. ARGV[1] .. '}')
 return 1
 """
 )
 
-# ARGV: prefix. Returns {connections, users} after reaping dead nodes.
+# Returns {connections, users} after reaping dead nodes.
 STATS = (
-    _COMMON
+    _REGISTRY
     + """
 reap()
 local v = redis.call('HMGET', STATS, 'connections', 'users')
@@ -237,62 +275,50 @@ return {math.max(tonumber(v[1] or 0), 0), math.max(tonumber(v[2] or 0), 0)}
 """
 )
 
-# KEYS: presence hash. ARGV: prefix, conn_id, user_id, entry value, ttl_ms.
-# Returns 1 if the user had no live connection in the channel before this one.
-PRESENCE_ADD = (
-    _COMMON
-    + """
-local conn, uid = ARGV[2], ARGV[3]
-local present = false
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local node, user = entry_fields(all[i + 1])
-  if not alive(node) then
-    redis.call('HDEL', KEYS[1], all[i])
-  elseif user == uid and all[i] ~= conn then
-    present = true
+# KEYS: pconn, pcount, pusers, pinfo. ARGV: node.conn, user_id, user JSON, ttl_ms. O(1) (ZADD: O(log n)).
+# Returns {1 if the user had no connection in the channel before, member count}.
+PRESENCE_ADD = """
+local new = 0
+if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[2])
+    redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+    new = 1
   end
 end
-redis.call('HSET', KEYS[1], conn, ARGV[4])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5]))
-if present then return 0 end
-return 1
-"""
-)
-
-# KEYS: presence hash. ARGV: prefix, conn_id, user_id.
-# Returns 1 if the connection was there and its user has no live connection left in the channel.
-PRESENCE_REMOVE = (
-    _COMMON
-    + """
-if redis.call('HDEL', KEYS[1], ARGV[2]) == 0 then return 0 end
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local node, user = entry_fields(all[i + 1])
-  if not alive(node) then
-    redis.call('HDEL', KEYS[1], all[i])
-  elseif user == ARGV[3] then
-    return 0
-  end
+local ttl = tonumber(ARGV[4])
+for i = 1, 4 do
+  redis.call('PEXPIRE', KEYS[i], ttl)
 end
-return 1
+return {new, redis.call('ZCARD', KEYS[3])}
 """
-)
 
-# KEYS: presence hash. ARGV: prefix. Returns the values of live entries (dead nodes' entries are deleted).
-PRESENCE_GET = (
-    _COMMON
-    + """
-local out = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local node = entry_fields(all[i + 1])
-  if alive(node) then
-    out[#out + 1] = all[i + 1]
-  else
-    redis.call('HDEL', KEYS[1], all[i])
+# KEYS: pconn, pcount, pusers, pinfo. ARGV: node.conn, user_id.
+# Returns {1 if the connection was there and its user has none left in the channel, member count}.
+PRESENCE_REMOVE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+  return {0, redis.call('ZCARD', KEYS[3])}
+end
+local gone = 0
+if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  redis.call('HDEL', KEYS[4], ARGV[2])
+  gone = 1
+end
+return {gone, redis.call('ZCARD', KEYS[3])}
+"""
+
+# KEYS: pusers, pinfo. ARGV: after (user id; members with a larger id are returned), limit.
+# Returns {member count, user JSON...} in user id order.
+PRESENCE_PAGE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {redis.call('ZCARD', KEYS[1])}
+if #ids > 0 then
+  local infos = redis.call('HMGET', KEYS[2], unpack(ids))
+  for i = 1, #ids do
+    out[#out + 1] = infos[i] or ('{"user_id":' .. ids[i] .. '}')
   end
 end
 return out
 """
-)

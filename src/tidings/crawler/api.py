@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import AnyHttpUrl, BaseModel, Field
 from sqlalchemy import func, select
 
@@ -20,6 +20,7 @@ from tidings.api.deps import admin_dependency, user_dependency
 from tidings.auth import hash_password
 from tidings.connection import UserInfo
 from tidings.crawler import store
+from tidings.crawler.egress import check_target
 from tidings.crawler.models import FINAL_STATUSES, CrawlJob, JobStatus
 from tidings.db import User
 from tidings.db.database import DuplicateUser
@@ -191,8 +192,11 @@ def build_platform_router(platform: "Platform") -> APIRouter:
         return job
 
     @router.post("/api/jobs", tags=["jobs"], status_code=status.HTTP_201_CREATED, response_model=JobOut)
-    async def create_job(body: JobIn, user: ViewerT) -> JobOut:
-        """Start a crawl of ``target_urls`` with spider ``spider_name``; events follow on ``job:<job_id>``."""
+    async def create_job(body: JobIn, user: ViewerT, request: Request) -> JobOut:
+        """Start a crawl of ``target_urls`` with spider ``spider_name``; events follow on ``job:<job_id>``.
+
+        Targets the crawl egress policy refuses (internal, loopback, metadata addresses...) answer 422
+        ``{"detail": "target not allowed: <reason>"}``; see ``docs/security.md``."""
         spiders = platform.config.spiders
         if body.spider_name not in spiders:
             detail = f"Unknown spider {body.spider_name!r} (available: {', '.join(spiders) or 'none'})"
@@ -201,6 +205,12 @@ def build_platform_router(platform: "Platform") -> APIRouter:
             detail = f"At most {platform.config.max_target_urls} target URLs per job"
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
         urls = list(dict.fromkeys(str(url) for url in body.target_urls))
+        platform.learn_origin(request.scope.get("server"))
+        policy = platform.egress_policy()
+        for url in urls:
+            refused = await check_target(policy, url)
+            if refused is not None:
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"target not allowed: {refused}")
         job = await store.create_job(db, user.id, body.spider_name, urls)
         try:
             await platform.dispatch(job.id)

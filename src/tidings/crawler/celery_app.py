@@ -41,7 +41,7 @@ def create_celery(settings: Settings | None = None, platform: PlatformSettings |
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600},
+        broker_transport_options={"visibility_timeout": 3600, **platform.celery_transport_options(settings)},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         enable_utc=True,
@@ -49,6 +49,10 @@ def create_celery(settings: Settings | None = None, platform: PlatformSettings |
     return app
 
 
-def send_job(app: Any, job_id: int, queue: str) -> None:
-    """Queue ``job_id`` for a worker (blocking: call it from a thread in async code)."""
-    app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
+def send_job(app: Any, job_id: int, queue: str, egress: dict[str, Any] | None = None) -> None:
+    """Queue ``job_id`` for a worker (blocking: call it from a thread in async code).
+
+    ``egress`` is the server's crawl egress policy (:meth:`tidings.crawler.egress.EgressPolicy.to_setting`), so a
+    worker lets jobs reach what the server allowed them (its own sample site) and nothing more."""
+    kwargs = {} if egress is None else {"egress": egress}
+    app.send_task(RUN_JOB_TASK, args=[job_id], kwargs=kwargs, queue=queue)

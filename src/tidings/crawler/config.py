@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tidings.broker.urls import celery_broker, is_redis_url
 from tidings.settings import Settings
 
 __all__ = ["PlatformSettings", "uses_workers"]
@@ -45,11 +46,15 @@ class PlatformSettings(BaseSettings):
     )
     job_timeout: float = Field(3600.0, ge=0, description="Seconds a crawl may run before it is failed; 0: no limit.")
     max_target_urls: int = Field(20, ge=1, description="Most target URLs one job may have.")
+    crawl_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts crawls may reach although the egress policy refuses them (host, host:port, *.suffix).",
+    )
     sample_site_price_version_file: str = Field(
         "", description="File holding the sample site's price version; default data_dir/sample-site-price-version."
     )
 
-    @field_validator("spiders", mode="before")
+    @field_validator("spiders", "crawl_allowed_hosts", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
@@ -86,9 +91,17 @@ class PlatformSettings(BaseSettings):
         """Celery's broker URL, or None when jobs run in-process (the embedded default)."""
         if self.celery_broker_url:
             return self.celery_broker_url
-        if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-            return settings.broker_url
+        if is_redis_url(settings.broker_url):  # redis://, redis+sentinel:// (not redis+cluster://: kombu can't)
+            target = celery_broker(settings.broker_url)
+            return target[0] if target is not None else None
         return None
+
+    def celery_transport_options(self, settings: Settings) -> dict[str, Any]:
+        """Kombu transport options the broker URL needs (``master_name`` behind Sentinel)."""
+        if self.celery_broker_url or not is_redis_url(settings.broker_url):
+            return {}
+        target = celery_broker(settings.broker_url)
+        return target[1] if target is not None else {}
 
 
 def uses_workers(settings: Settings, platform: PlatformSettings) -> bool:

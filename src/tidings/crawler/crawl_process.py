@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from tidings.crawler import protocol
+from tidings.crawler.egress import POLICY_SETTING
 
 REPORTER_PATH = "tidings.crawler.crawl_process.JsonLinesReporter"
 
@@ -139,7 +140,13 @@ class JsonLinesReporter:
         self.emit({"type": protocol.SKIPPED, "url": url, "reason": reason})
 
     def request_failed(self, url: str, message: str, kind: str, start: bool) -> None:
-        """A request failed (errback)."""
+        """A request failed (errback); one the egress policy refused says so, whatever Scrapy reported."""
+        if self.crawler.settings.get(POLICY_SETTING):
+            from tidings.crawler.egress_scrapy import refusal_for
+
+            refused = refusal_for(url)
+            if refused is not None:
+                kind, message = "refused", refused
         self._error(kind, url, message, start)
 
     def spider_closed(self, reason: str) -> None:
@@ -224,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings.setdict(user_settings, priority="cmdline")
     settings.set("EXTENSIONS", extensions, priority="cmdline")
     settings.set(protocol.REPORT_FD_SETTING, out.fileno(), priority="cmdline")
+    if settings.get(POLICY_SETTING):
+        from tidings.crawler import egress_scrapy
+
+        egress_scrapy.install(settings)
 
     try:
         process = AsyncCrawlerProcess(settings)

@@ -12,10 +12,29 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["PropertyItem", "is_http_url"]
+
+MAX_URL_LENGTH = 2048
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def is_http_url(value: object) -> bool:
+    """Whether ``value`` is an absolute ``http(s)://host/...`` URL: the only kind stored as a property's link
+    (a crawled page's ``javascript:`` or ``data:`` canonical link would otherwise be shown to every user)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_URL_LENGTH:
+        return False
+    if value != value.strip() or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
 @dataclass(slots=True)
@@ -60,6 +79,8 @@ class PropertyItem:
             raise ValueError(f"property item without {exc.args[0]!r}") from None
         if not isinstance(url, str) or not url or not isinstance(title, str):
             raise ValueError("property item url and title must be strings")
+        if not is_http_url(url):
+            raise ValueError(f"property item url must be an http(s) URL, not {url[:100]!r}")
         try:
             price = None if data.get("price") is None else Decimal(str(data["price"]))
         except InvalidOperation:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from tidings.crawler import store
 from tidings.crawler.config import PlatformSettings
+from tidings.crawler.egress import POLICY_SETTING, EgressPolicy
 from tidings.crawler.items import PropertyItem
 from tidings.crawler.models import JobStatus
 from tidings.crawler.notify import (
@@ -58,6 +59,7 @@ class JobRunner:
         *,
         progress_every: int = 10,
         worker: str | None = None,
+        egress: Callable[[], EgressPolicy] | None = None,
     ) -> None:
         self.db = db
         self.sink = sink
@@ -65,6 +67,7 @@ class JobRunner:
         self.progress_every = max(1, progress_every)
         self.worker = worker or worker_name("runner")
         self._stops: dict[int, asyncio.Event] = {}
+        self.egress = egress or (lambda: EgressPolicy.build(platform.crawl_allowed_hosts))
 
     def request_stop(self, job_id: int) -> bool:
         """Stop a job this runner is running now (in-process cancel); False if it is not running here."""
@@ -116,7 +119,7 @@ class _Run:
                 claim.target_urls,
                 on_item=self._store,
                 stop_event=self.stop,
-                settings=self.runner.platform.crawl_settings,
+                settings={**self.runner.platform.crawl_settings, POLICY_SETTING: self.runner.egress().to_setting()},
                 progress_every=self.runner.progress_every,
                 timeout=self.runner.platform.job_timeout or None,
             )

@@ -26,6 +26,7 @@ from tidings.connection import UserInfo
 from tidings.crawler import store
 from tidings.crawler.api import DispatchError, build_platform_router
 from tidings.crawler.config import PlatformSettings
+from tidings.crawler.egress import LOOPBACK_NAMES, SAMPLE_SITE_PREFIX, EgressPolicy, SelfOrigin
 from tidings.crawler.jobs import SERVER_LOST_ERROR, JobRunner, Reaper, worker_name
 from tidings.crawler.models import CrawlJob, JobStatus
 from tidings.crawler.notify import CANCELLED_ERROR, JobNotifier
@@ -52,7 +53,10 @@ class Platform:
             self.config,
             progress_every=self.settings.job_progress_every,
             worker=worker_name("server"),
+            egress=self.egress_policy,
         )
+        self.app: FastAPI | None = None
+        self._origins: set[tuple[str, int]] = set()
         self.reaper = Reaper(self.db, self.node, self.config, on_requeue=self._redispatch)
         self._tasks: dict[int, asyncio.Task[Any]] = {}
         self._celery: Any = None
@@ -63,6 +67,22 @@ class Platform:
     def mode(self) -> str:
         """``"celery"`` when jobs go to workers, ``"embedded"`` when they run in this process."""
         return "celery" if self.celery_url else "embedded"
+
+    # ---- where crawls may go -------------------------------------------------------------------------------
+    def learn_origin(self, server: object) -> None:
+        """Remember an address this server answers on (an ASGI scope's ``server``: the socket's own address)."""
+        if isinstance(server, tuple | list) and len(server) >= 2 and isinstance(server[1], int):
+            self._origins.add((str(server[0]), server[1]))
+
+    def egress_policy(self) -> EgressPolicy:
+        """The crawl egress policy: ``TIDINGS_CRAWL_ALLOWED_HOSTS``, plus this server's own sample site (its ports
+        on loopback and on the address it listens on, paths under ``/sample-site/``)."""
+        policy = EgressPolicy.build(self.config.crawl_allowed_hosts)
+        state = getattr(self.app, "state", None)
+        for host, port in sorted(self._origins | set(getattr(state, "listen_addresses", ()))):
+            hosts = LOOPBACK_NAMES if host in ("", "0.0.0.0", "::") else LOOPBACK_NAMES | {host.lower()}
+            policy = policy.with_self_origin(SelfOrigin(port, frozenset(hosts), SAMPLE_SITE_PREFIX))
+        return policy
 
     # ---- hooks into the hub ------------------------------------------------------------------------------
     async def owns_job(self, user: UserInfo, job_id: str) -> bool:
@@ -82,11 +102,13 @@ class Platform:
         """Add the routes, the channel rule, the status provider and the sample site to ``app``."""
         from tidings.crawler.sample_site import create_sample_site_app, price_version_from_file
 
+        self.app = app
         self.node.rules.register("job", ChannelPolicy(subscribe="owner"), self.owns_job)
         self.node.status_provider = self.status
         app.include_router(self.router)
         version_file = self.config.price_version_path(self.settings)
-        app.mount("/sample-site", create_sample_site_app(price_version_from_file(version_file)), name="sample-site")
+        site = create_sample_site_app(price_version_from_file(version_file))
+        app.mount(SAMPLE_SITE_PREFIX.rstrip("/"), site, name="sample-site")
 
     # ---- jobs --------------------------------------------------------------------------------------------
     async def dispatch(self, job_id: int) -> None:
@@ -95,7 +117,9 @@ class Platform:
             from tidings.crawler.celery_app import send_job
 
             try:
-                await asyncio.to_thread(send_job, self._celery, job_id, self.config.queue_name(self.settings))
+                egress = self.egress_policy().to_setting()
+                queue = self.config.queue_name(self.settings)
+                await asyncio.to_thread(send_job, self._celery, job_id, queue, egress)
             except Exception as exc:
                 error = f"could not queue the job: {type(exc).__name__}: {exc}"
                 logger.error("job %s: %s", job_id, error)

@@ -24,7 +24,7 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tidings.crawler.items import PropertyItem
+from tidings.crawler.items import PropertyItem, is_http_url
 from tidings.crawler.models import ACTIVE_STATUSES, CrawlJob, JobExecution, JobStatus, PriceHistory, Property
 from tidings.db import Database
 from tidings.db.models import utcnow
@@ -370,7 +370,11 @@ async def _by_url(session: AsyncSession, url: str) -> Property | None:
 
 
 async def upsert_property(db: Database, item: PropertyItem) -> UpsertResult:
-    """Insert or update the property at ``item.url``; a changed price adds a :class:`PriceHistory` row."""
+    """Insert or update the property at ``item.url``; a changed price adds a :class:`PriceHistory` row.
+
+    Only http(s) URLs are stored (ValueError otherwise): the URL is shown to every user as the listing's link."""
+    if not is_http_url(item.url):
+        raise ValueError(f"not an http(s) URL: {item.url[:100]!r}")
     fields = _fields(item)
     now = utcnow()
     async with db.session() as session:

@@ -15,6 +15,7 @@ from typing import Any
 
 from tidings.crawler.celery_app import RUN_JOB_TASK, create_celery
 from tidings.crawler.config import PlatformSettings
+from tidings.crawler.egress import EgressPolicy
 from tidings.crawler.jobs import JobRunner, worker_name
 from tidings.db import Database
 from tidings.settings import Settings
@@ -24,15 +25,25 @@ __all__ = ["register_tasks", "run_job", "run_worker"]
 logger = logging.getLogger("tidings.crawler.worker")
 
 
-async def run_job(job_id: int, settings: Settings, platform: PlatformSettings) -> str | None:
-    """Run one job in this process; returns its final status (None when it was not pending)."""
+async def run_job(
+    job_id: int, settings: Settings, platform: PlatformSettings, egress: dict[str, Any] | None = None
+) -> str | None:
+    """Run one job in this process; returns its final status (None when it was not pending).
+
+    ``egress``: the policy the server sent with the job; default, this worker's ``TIDINGS_CRAWL_ALLOWED_HOSTS``."""
     from tidings.publisher import Publisher
 
     db = Database(settings.resolved_database_url)
     publisher = Publisher.from_settings(settings)
     try:
+        policy = None if egress is None else EgressPolicy.from_setting(egress)
         runner = JobRunner(
-            db, publisher, platform, progress_every=settings.job_progress_every, worker=worker_name("celery")
+            db,
+            publisher,
+            platform,
+            progress_every=settings.job_progress_every,
+            worker=worker_name("celery"),
+            egress=None if policy is None else (lambda: policy),
         )
         status = await runner.run(job_id)
         return None if status is None else status.value
@@ -45,8 +56,8 @@ def register_tasks(app: Any, settings: Settings, platform: PlatformSettings) -> 
     """Register the ``run_job`` task on a Celery app."""
 
     @app.task(name=RUN_JOB_TASK, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
-    def run_job_task(job_id: int) -> str | None:
-        return asyncio.run(run_job(int(job_id), settings, platform))
+    def run_job_task(job_id: int, egress: dict[str, Any] | None = None) -> str | None:
+        return asyncio.run(run_job(int(job_id), settings, platform, egress if isinstance(egress, dict) else None))
 
 
 def run_worker(

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tidings.auth import hash_password, verify_password
 from tidings.connection import UserInfo
 from tidings.db.models import User
+from tidings.files import ensure_private_file
 
 __all__ = ["Database", "DuplicateUser"]
 
@@ -54,8 +55,8 @@ class Database:
         self.url = url
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if path and path != ":memory:" and not path.startswith("file:"):
+                ensure_private_file(Path(path.split("?", 1)[0]))  # SQLite gives its journals the file's mode
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 

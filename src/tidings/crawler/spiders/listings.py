@@ -33,7 +33,7 @@ import scrapy
 from scrapy.http import Response, TextResponse
 from twisted.python.failure import Failure
 
-from tidings.crawler.items import PropertyItem
+from tidings.crawler.items import PropertyItem, is_http_url
 from tidings.crawler.signals import START_META_KEY, describe_failure, listing_skipped, request_failed
 from tidings.crawler.spiders.parsing import clean_text, parse_area_m2, parse_bedrooms, parse_price
 
@@ -153,7 +153,10 @@ class ListingsSpider(scrapy.Spider):
         if area is None and area_text:
             self.logger.info("Unparseable area at %s: %r", response.url, area_text)
         canonical = response.css('link[rel="canonical"]::attr(href)').get()
-        url = response.urljoin(canonical) if canonical else response.url
+        url = response.urljoin(canonical.strip()) if canonical else response.url
+        if not is_http_url(url):  # javascript:, data:... would be shown to every user as the listing's link
+            self.logger.warning("Ignoring non-http canonical link at %s: %r", response.url, canonical)
+            url = response.url
         yield PropertyItem(
             url=url,
             title=title,

@@ -958,6 +958,16 @@ async function refreshViewers() {
   }
 }
 
+// Only http(s) URLs become links (a stored javascript: or data: URL is shown as text, never followed).
+function httpUrl(value) {
+  try {
+    const url = new URL(String(value));
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
 async function loadProperty(id) {
   const facts = $('#property-facts');
   try {
@@ -969,7 +979,7 @@ async function loadProperty(id) {
       ...fact('Location', p.location),
       ...fact('Bedrooms', p.bedrooms),
       ...fact('Area', p.area_m2 == null ? null : `${p.area_m2} m²`),
-      ...fact('Listing', h('a', { href: p.url, target: '_blank', rel: 'noopener noreferrer' }, p.url)),
+      ...fact('Listing', httpUrl(p.url) ? h('a', { href: httpUrl(p.url), target: '_blank', rel: 'noopener noreferrer' }, p.url) : p.url),
     );
     $('#property-history').replaceChildren(
       ...(p.price_history.length
