@@ -457,7 +457,7 @@ class Node:
         if refused is not None:
             raise refused
         data = {"user": conn.user.public(), "body": msg.data}
-        body = encode({"type": "publication", "channel": channel, "data": data})
+        body = encode({"type": "publication", "channel": channel, "data": data, "timestamp": time.time()})
         if not self.user_limits.allow_bytes(conn.user.id, len(body)):
             raise ProtocolError(ErrorCode.RATE_LIMITED, "Publish byte rate exceeded; slow down", msg.id)
         pub = await self.broker.publish(channel, body)
