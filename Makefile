@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install lint typecheck bench bench-redis bench-security browser-deps js-deps clean
+.PHONY: run test install lock lint typecheck bench bench-redis bench-security browser-deps js-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,13 +16,17 @@ $(BIN)/python:
 $(UV): $(BIN)/python
 	$(BIN)/pip install -q uv==0.13.8
 
-# Install the locked dependencies (requirements.lock, hashes checked) and the package itself.
+# Install the locked dependencies of every extra (requirements.lock, hashes checked) and the package itself.
 $(STAMP): requirements.lock pyproject.toml | $(UV)
 	$(UV) pip install --python $(BIN)/python --require-hashes -r requirements.lock
 	$(UV) pip install --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-lock every extra (all = redis, users, platform) and the dev tools, with hashes.
+lock: | $(UV)
+	$(UV) pip compile pyproject.toml --extra all --extra dev --python-version 3.11 -o requirements.lock --generate-hashes
 
 run: $(STAMP)
 	$(BIN)/tidings serve --host $(HOST) --port $(PORT)

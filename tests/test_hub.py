@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tidings.broker import BrokerUnavailable, MemoryBroker, Publication
+from tidings.channels import ChannelRules, Namespace
 from tidings.connection import Connection, ConnectionState, UserInfo
 from tidings.hub import Hub
 from tidings.node import Node
@@ -19,6 +20,15 @@ from tidings.settings import Settings
 ANN = UserInfo(1, "ann")
 BOB = UserInfo(2, "bob")
 ADMIN = UserInfo(3, "root", "admin")
+
+
+def app_rules() -> ChannelRules:
+    """The channels an application declares (the hub itself knows only broadcast, admins and user:<id>)."""
+    rules = ChannelRules()
+    rules.declare("property_updates", Namespace(argument=False))
+    rules.declare("job_updates", Namespace(argument=False, own_events_alias=True))
+    rules.declare("room", Namespace(publish="clients", presence=True))
+    return rules
 
 
 class FakeTransport:
@@ -394,7 +404,7 @@ async def test_unsubscribe_or_remove_during_recovery_forgets_held_publications()
 @pytest.fixture
 async def node(tmp_path: Any) -> Any:
     settings = Settings(data_dir=tmp_path, secret_key="k" * 32)
-    async with Node(settings, broker=MemoryBroker()) as n:
+    async with Node(settings, broker=MemoryBroker(), rules=app_rules()) as n:
         yield n
 
 
@@ -464,7 +474,7 @@ async def test_node_close_closes_every_connection_with_1001(node: Node) -> None:
 
 async def test_node_subscription_limit(tmp_path: Any) -> None:
     settings = Settings(data_dir=tmp_path, secret_key="k" * 32, max_subscriptions=4)
-    async with Node(settings, broker=MemoryBroker()) as node:
+    async with Node(settings, broker=MemoryBroker(), rules=app_rules()) as node:
         t = FakeTransport(direct=True)
         conn = await node.connect(ANN, t)  # broadcast and user:1 count towards the limit
         for channel in ("room:a", "room:b", "room:c"):
@@ -483,7 +493,7 @@ class DownBroker(MemoryBroker):
 
 
 async def test_node_reports_an_unavailable_broker_to_the_client(tmp_path: Any) -> None:
-    async with Node(Settings(data_dir=tmp_path, secret_key="k" * 32), broker=DownBroker()) as node:
+    async with Node(Settings(data_dir=tmp_path, secret_key="k" * 32), broker=DownBroker(), rules=app_rules()) as node:
         t = FakeTransport(direct=True)
         conn = await node.connect(ANN, t)
         await node.handle(conn, '{"type": "publish", "channel": "room:a", "data": 1, "id": 9}')

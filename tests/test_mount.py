@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from tests.conftest import _run_in_thread, expect_close, free_port, recv_json, recv_until, ws_connect
 from tests.test_fanout_isolation import StalledClient
-from tidings import Settings, Tidings
+from tidings import Namespace, Settings, Tidings
 from tidings.auth import create_access_token
 from tidings.db import Database
 
@@ -28,6 +28,7 @@ SECRET = "mount-secret-" + "k" * 32
 def build_app(settings: Settings) -> tuple[FastAPI, Tidings]:
     """An application of its own that mounts the hub in three lines and publishes from its own routes."""
     hub = Tidings(settings)
+    hub.namespace("room", Namespace(publish="clients", presence=True))
     app = FastAPI(lifespan=hub.lifespan)
     app.include_router(hub.router)
 

@@ -214,12 +214,13 @@ def test_close_code_values_follow_the_protocol() -> None:
         "IDLE_TIMEOUT": 4001,
         "RATE_LIMITED": 4002,
         "TOKEN_EXPIRED": 4003,
+        "PERMISSIONS_CHANGED": 4004,
     }
 
 
 def test_close_codes_say_whether_to_reconnect() -> None:
     reconnect = {c for c in CloseCode if c.reconnect}
-    assert reconnect == {1001, 1011, 4000, 4001, 4002, 4003}
+    assert reconnect == {1001, 1011, 4000, 4001, 4002, 4003, 4004}
     assert not CloseCode.NORMAL.reconnect
     assert not CloseCode.POLICY_VIOLATION.reconnect
     assert not CloseCode.MESSAGE_TOO_BIG.reconnect

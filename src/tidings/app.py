@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -22,6 +23,15 @@ from tidings.web.stats import StatsPusher
 __all__ = ["create_app"]
 
 WEB = Path(__file__).resolve().parent / "web"
+
+
+class ClientFiles(StaticFiles):
+    """The JS client's files, without its tests and test fakes (``test/``, ``test-support/``)."""
+
+    def lookup_path(self, path: str) -> tuple[str, Any]:
+        if Path(path).parts[:1] and Path(path).parts[0].startswith("test"):
+            return "", None
+        return super().lookup_path(path)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     platform = install_platform(app, hub)  # jobs, properties, workers, /sample-site (tidings.crawler.service)
     client_dir = WEB / "client"
     if client_dir.is_dir():
-        app.mount("/static/client", StaticFiles(directory=client_dir), name="client")
+        app.mount("/static/client", ClientFiles(directory=client_dir), name="client")
     stats = StatsPusher(hub.node, hub.settings.stats_interval)  # stats_update on dashboard_stats (tidings.web.stats)
     StatsPusher.register(hub.node)
     mount_dashboard(app, hub.node)  # /login, /dashboard, /dashboard/static, JSON for charts (tidings.web.routes)

@@ -1,31 +1,54 @@
-"""Access tokens (HS256 JWT, ``sub`` = username, ``exp``) and password hashing."""
+"""Authentication: a host's ``authenticate`` callable, or the built-in HS256 tokens (``sub`` = username).
+
+A host passes ``authenticate(conn: HTTPConnection) -> UserInfo | None`` to :class:`~tidings.Tidings`; it sees
+the WebSocket handshake or the REST request (headers, cookies, query, subprotocols). Without one, the built-in
+users (:mod:`tidings.users`) issue tokens that :class:`TokenAuthenticator` verifies: signature, expiry, the
+user's credential version (``ver``: a password change or deactivation invalidates older tokens) and, for tokens
+revoked by ``POST /auth/logout``, their id (``jti``).
+
+Password hashing lives in :mod:`tidings.users.passwords` (the ``[users]`` extra); ``hash_password`` and
+``verify_password`` are importable from here too, loaded on first use.
+"""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import jwt
-from pwdlib import PasswordHash
+from starlette.requests import HTTPConnection
 
 from tidings.connection import UserInfo
 
 __all__ = [
     "MAX_USER_CACHE_TTL",
     "AuthError",
+    "Authenticate",
     "Authenticator",
+    "Credentials",
+    "Identity",
     "TokenAuthenticator",
     "VerifiedToken",
     "create_access_token",
     "decode_access_token",
-    "hash_password",
-    "verify_password",
+    "token_from_connection",
 ]
 
 ALGORITHM = "HS256"
-_hasher = PasswordHash.recommended()
+
+#: A host's authentication: the handshake or request in, the user (or None: 1008 / 401) out.
+Authenticate = Callable[[HTTPConnection], Awaitable[UserInfo | None]]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("hash_password", "verify_password"):
+        from tidings.users import passwords
+
+        return getattr(passwords, name)
+    raise AttributeError(f"module 'tidings.auth' has no attribute {name!r}")
 
 
 class AuthError(Exception):
@@ -42,12 +65,34 @@ class VerifiedToken:
 
     username: str
     expires_at: float
+    version: int = 0  #: the user's credential version when the token was issued (absent: 0)
+    token_id: str | None = None  #: ``jti``, what ``POST /auth/logout`` revokes
 
 
-def create_access_token(username: str, secret: str, ttl: int = 3600) -> str:
-    """Sign a token for ``username`` valid for ``ttl`` seconds."""
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a handshake or request authenticated as."""
+
+    user: UserInfo
+    expires_at: float | None = None  #: when the connection must end (token expiry); None: never
+    token_id: str | None = None  #: the token's ``jti`` (built-in tokens), to close its sockets on logout
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a user lookup returns when it knows the user's credential version."""
+
+    user: UserInfo
+    version: int = 0
+
+
+def create_access_token(username: str, secret: str, ttl: int = 3600, *, version: int = 0) -> str:
+    """Sign a token for ``username`` valid for ``ttl`` seconds, at credential ``version``, with a random ``jti``."""
     now = int(time.time())
-    return jwt.encode({"sub": username, "iat": now, "exp": now + ttl}, secret, algorithm=ALGORITHM)
+    claims: dict[str, Any] = {"sub": username, "iat": now, "exp": now + ttl, "jti": secrets.token_urlsafe(12)}
+    if version:
+        claims["ver"] = version
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
 def decode_access_token(token: str, secret: str) -> VerifiedToken:
@@ -61,20 +106,23 @@ def decode_access_token(token: str, secret: str) -> VerifiedToken:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise AuthError("Invalid token")
-    return VerifiedToken(sub, float(claims["exp"]))
+    version = claims.get("ver", 0)
+    jti = claims.get("jti")
+    if not isinstance(version, int) or isinstance(version, bool) or (jti is not None and not isinstance(jti, str)):
+        raise AuthError("Invalid token")
+    return VerifiedToken(sub, float(claims["exp"]), version, jti)
 
 
-def hash_password(password: str) -> str:
-    """Hash a password (Argon2id)."""
-    return _hasher.hash(password)
-
-
-def verify_password(password: str, password_hash: str) -> bool:
-    """Check a password against its hash."""
-    try:
-        return _hasher.verify(password, password_hash)
-    except Exception:
-        return False
+def token_from_connection(conn: HTTPConnection) -> str | None:
+    """The bearer token of a request or handshake: ``Authorization: Bearer``, the ``bearer, <token>``
+    subprotocol pair, or the ``token`` query parameter."""
+    auth = conn.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    protocols = [str(p).strip() for p in conn.scope.get("subprotocols") or () if str(p).strip()]
+    if len(protocols) >= 2 and protocols[0].lower() == "bearer":
+        return protocols[1]
+    return conn.query_params.get("token") or None
 
 
 class Authenticator(Protocol):
@@ -84,7 +132,8 @@ class Authenticator(Protocol):
         """Return the active user and the token's expiry time, or raise :class:`AuthError`."""
 
 
-UserLookup = Callable[[str], Awaitable[UserInfo | None]]
+UserLookup = Callable[[str], Awaitable[UserInfo | Credentials | None]]
+RevocationCheck = Callable[[str], Awaitable[bool]]
 
 
 #: Longest time a looked-up user may be reused: a deactivation or role change takes effect within it.
@@ -102,37 +151,63 @@ class TokenAuthenticator:
     expiry on every call; users not found are never cached.
     """
 
-    def __init__(self, secret: str, lookup: UserLookup, *, cache_ttl: float = 0.0) -> None:
+    def __init__(
+        self,
+        secret: str,
+        lookup: UserLookup,
+        *,
+        cache_ttl: float = 0.0,
+        is_revoked: RevocationCheck | None = None,
+    ) -> None:
         self._secret = secret
         self._lookup = lookup
+        self._is_revoked = is_revoked
         self._ttl = max(0.0, min(cache_ttl, MAX_USER_CACHE_TTL))
-        self._cache: dict[str, tuple[UserInfo, float]] = {}
+        self._cache: dict[str, tuple[Credentials, float]] = {}
 
     async def authenticate(self, token: str) -> tuple[UserInfo, float]:
         """Verify the token, then find the active user it names."""
+        identity = await self.verify(token)
+        return identity.user, identity.expires_at or 0.0
+
+    async def verify(self, token: str, *, cached: bool = False) -> Identity:
+        """Verify the token (signature, expiry, revocation, credential version) and find its active user.
+
+        With ``cached``, the user may come from the short cache (HTTP requests)."""
         verified = decode_access_token(token, self._secret)
-        return await self._find(verified.username), verified.expires_at
+        if verified.token_id is not None and self._is_revoked is not None and await self._is_revoked(verified.token_id):
+            raise AuthError("Token revoked")
+        name = verified.username
+        creds: Credentials | None = None
+        if cached and self._ttl:
+            hit = self._cache.get(name)
+            if hit is not None and hit[1] > time.monotonic():
+                creds = hit[0]
+        if creds is None:
+            creds = await self._find(name)
+            if cached and self._ttl:
+                if len(self._cache) >= _USER_CACHE_MAX:
+                    self._cache.clear()
+                self._cache[name] = (creds, time.monotonic() + self._ttl)
+        if verified.version != creds.version:
+            raise AuthError("Credentials changed")
+        return Identity(creds.user, verified.expires_at, verified.token_id)
 
     async def authenticate_request(self, token: str) -> tuple[UserInfo, float]:
         """:meth:`authenticate` for HTTP requests: the user may come from the short cache."""
-        verified = decode_access_token(token, self._secret)
-        name = verified.username
-        if self._ttl:
-            hit = self._cache.get(name)
-            if hit is not None and hit[1] > time.monotonic():
-                return hit[0], verified.expires_at
-        user = await self._find(name)
-        if self._ttl:
-            if len(self._cache) >= _USER_CACHE_MAX:
-                self._cache.clear()
-            self._cache[name] = (user, time.monotonic() + self._ttl)
-        return user, verified.expires_at
+        identity = await self.verify(token, cached=True)
+        return identity.user, identity.expires_at or 0.0
 
-    async def _find(self, name: str) -> UserInfo:
-        user = await self._lookup(name)
-        if user is None:
+    def forget(self, username: str) -> None:
+        """Drop ``username`` from the cache (its credentials or role changed)."""
+        self._cache.pop(username, None)
+
+    async def _find(self, name: str) -> Credentials:
+        found = await self._lookup(name)
+        if found is None:
             self._cache.pop(name, None)
             raise AuthError("User not found or inactive")
+        creds = found if isinstance(found, Credentials) else Credentials(found)
         if self._ttl and name in self._cache:
-            self._cache[name] = (user, time.monotonic() + self._ttl)  # a fresh lookup refreshes the cache
-        return user
+            self._cache[name] = (creds, time.monotonic() + self._ttl)  # a fresh lookup refreshes the cache
+        return creds

@@ -113,12 +113,28 @@ def _users_passwd(args: argparse.Namespace, settings: Settings) -> int:
             changed = await db.set_password(args.name, password)
         finally:
             await db.dispose()
-        if not changed:
+        if changed is None:
             print(f"error: no user {args.name!r}", file=sys.stderr)
             return 1
+        _revoke_sockets(settings, changed.id, "Credentials changed")
         return 0
 
     return asyncio.run(run())
+
+
+def _revoke_sockets(settings: Settings, user_id: int, reason: str) -> None:
+    """Close the user's open sockets on every node (Redis broker); with the memory broker the running server
+    cannot be reached from here: older tokens are refused, open sockets stay until they reconnect."""
+    if not settings.broker_url.startswith(("redis://", "rediss://", "redis+")):
+        print("note: open WebSockets of this user close when they reconnect (memory broker)", file=sys.stderr)
+        return
+    from tidings.publisher import SyncPublisher
+
+    try:
+        with SyncPublisher.from_settings(settings) as publisher:
+            publisher.disconnect_user(user_id, 1008, reason)
+    except Exception as exc:
+        print(f"warning: could not reach the broker to close open sockets: {exc}", file=sys.stderr)
 
 
 def _users_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -167,14 +183,14 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
         db = Database(settings.resolved_database_url)
         try:
             await db.migrate()
-            user = await db.active_user(args.name)
+            creds = await db.credentials(args.name)
         finally:
             await db.dispose()
-        if user is None:
+        if creds is None:
             print(f"error: no active user {args.name!r}", file=sys.stderr)
             return 1
         ttl = args.ttl or settings.token_ttl
-        print(create_access_token(user.username, settings.resolved_secret_key, ttl))
+        print(create_access_token(creds.user.username, settings.resolved_secret_key, ttl, version=creds.version))
         return 0
 
     return asyncio.run(run())
@@ -189,10 +205,12 @@ def _local_token(settings: Settings, name: str) -> str | None:
         db = Database(settings.resolved_database_url)
         try:
             await db.migrate()
-            user = await db.active_user(name)
+            creds = await db.credentials(name)
         finally:
             await db.dispose()
-        return None if user is None else create_access_token(user.username, settings.resolved_secret_key, 3600)
+        if creds is None:
+            return None
+        return create_access_token(creds.user.username, settings.resolved_secret_key, 3600, version=creds.version)
 
     return asyncio.run(run())
 
@@ -264,10 +282,10 @@ def _publish_to_broker(channel: str, data: object, settings: Settings) -> int:
     import json
 
     from tidings.broker import BrokerUnavailable
-    from tidings.channels import ChannelRules
+    from tidings.crawler.channels import platform_rules
     from tidings.publisher import SyncPublisher
 
-    if ChannelRules().policy(channel) is None:
+    if platform_rules().policy(channel) is None:
         print(f"error: invalid channel {channel!r}", file=sys.stderr)
         return 1
     try:

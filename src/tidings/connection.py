@@ -19,17 +19,26 @@ from typing import Any
 from tidings.protocol import CloseCode, Frame
 from tidings.transport import Transport
 
-__all__ = ["Connection", "ConnectionState", "UserInfo"]
+__all__ = ["Connection", "ConnectionState", "UserId", "UserInfo"]
 
 logger = logging.getLogger("tidings.connection")
 _ids = itertools.count(1)
 
 
+#: A user's id: an ``int`` (the built-in users) or a ``str`` (a host's UUIDs, e-mail addresses...).
+UserId = int | str
+
+
 @dataclass(frozen=True, slots=True)
 class UserInfo:
-    """The authenticated user behind a connection."""
+    """The authenticated user behind a connection, as the host's ``authenticate`` returns it.
 
-    id: int
+    ``id`` may be an ``int`` or a ``str``; it names the user's channel ``user:<id>`` and keys presence and the
+    per-user connection limit. ``role`` ``"admin"`` lets the user use the admin endpoints and receive
+    ``admin_notification`` (unless the host passes its own ``is_admin`` predicate to :class:`~tidings.Tidings`).
+    """
+
+    id: UserId
     username: str
     role: str = "user"
 

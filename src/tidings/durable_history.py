@@ -27,6 +27,7 @@ from sqlalchemy import DateTime, Integer, String, Text, UniqueConstraint, delete
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tidings.broker import Broker, HistoryResult, Publication, PublicationHandler
+from tidings.connection import UserId
 from tidings.db import Database
 from tidings.db.models import Base, utcnow
 
@@ -227,7 +228,7 @@ class DurableHistoryBroker:
         """Delegated."""
         return await self.inner.presence_add(channel, conn_id, info)
 
-    async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
+    async def presence_remove(self, channel: str, conn_id: str, user_id: UserId) -> bool:
         """Delegated."""
         return await self.inner.presence_remove(channel, conn_id, user_id)
 
@@ -235,11 +236,11 @@ class DurableHistoryBroker:
         """Delegated."""
         return await self.inner.presence(channel)
 
-    async def connection_add(self, user_id: int, conn_id: str) -> int:
+    async def connection_add(self, user_id: UserId, conn_id: str) -> int:
         """Delegated."""
         return await self.inner.connection_add(user_id, conn_id)
 
-    async def connection_remove(self, user_id: int, conn_id: str) -> None:
+    async def connection_remove(self, user_id: UserId, conn_id: str) -> None:
         """Delegated."""
         await self.inner.connection_remove(user_id, conn_id)
 

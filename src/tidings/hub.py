@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from tidings.broker.base import Publication
 from tidings.connection import Connection
+
+if TYPE_CHECKING:
+    from tidings.connection import UserId
 
 __all__ = ["Hub"]
 
@@ -15,7 +19,7 @@ class Hub:
 
     def __init__(self) -> None:
         self.connections: dict[str, Connection] = {}
-        self.by_user: dict[int, dict[str, Connection]] = {}
+        self.by_user: dict[UserId, dict[str, Connection]] = {}
         self.subscribers: dict[str, dict[Connection, None]] = {}
         # connection -> {channel: publications that arrived while its history was being read}
         self._recovering: dict[str, dict[Connection, list[Publication]]] = {}
@@ -110,6 +114,6 @@ class Hub:
         self.publications_delivered += 1
         self.deliveries += len(subs)
 
-    def user_connection_count(self, user_id: int) -> int:
+    def user_connection_count(self, user_id: UserId) -> int:
         """Connections of ``user_id`` on this node."""
         return len(self.by_user.get(user_id, ()))

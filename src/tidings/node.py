@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import orjson
+from starlette.requests import HTTPConnection
 
-from tidings.auth import Authenticator, AuthError
+from tidings.auth import Authenticate, Authenticator, AuthError, Identity
 from tidings.broker import (
     Broker,
     BrokerUnavailable,
@@ -25,8 +27,9 @@ from tidings.broker import (
     ReapNotifier,
     create_broker,
 )
-from tidings.channels import ChannelRules
-from tidings.connection import Connection, ConnectionState, UserInfo
+from tidings.channels import CONTROL_CHANNEL, ChannelRules, InvalidPublication, disconnect_command
+from tidings.connection import Connection, ConnectionState, UserId, UserInfo
+from tidings.hooks import ABNORMAL_CLOSE, ConnInfo, Hooks, StatusProvider
 from tidings.hub import Hub
 from tidings.protocol import (
     ClientMessage,
@@ -41,11 +44,12 @@ from tidings.rooms import RoomRegistry, UserLimits
 from tidings.settings import Settings
 from tidings.transport import Transport
 
-__all__ = ["ConnectionRejected", "Node", "StatusProvider"]
+__all__ = ["CONTROL_CHANNEL", "ConnectionRejected", "Node", "StatusProvider"]
 
 logger = logging.getLogger("tidings.node")
 
-StatusProvider = Callable[[UserInfo], Awaitable[dict[str, Any]]]
+#: Channels every connection is on, never left by an unsubscribe.
+_CORE = ("broadcast", "admins")
 
 
 class ConnectionRejected(Exception):
@@ -66,8 +70,9 @@ class Node:
         *,
         broker: Broker | None = None,
         authenticator: Authenticator | None = None,
+        authenticate: Authenticate | None = None,
         rules: ChannelRules | None = None,
-        status_provider: StatusProvider | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.settings = settings or Settings()
         s = self.settings
@@ -83,9 +88,15 @@ class Node:
             max_channels=s.max_channels,
         )
         self.authenticator = authenticator
+        self.authenticate_hook = authenticate
         self.rules = rules or ChannelRules()
-        self.status_provider = status_provider
+        if hasattr(self.broker, "history_limit"):  # namespaces with a history size of their own
+            self.broker.history_limit = self.rules.history_size
+        self.hooks = hooks or Hooks()
+        self.node_id: str = str(getattr(self.broker, "node_id", "") or secrets.token_hex(6))
         self.hub = Hub()
+        self._conn_meta: dict[str, tuple[ConnInfo, str | None]] = {}  # conn id -> (hook info, token id)
+        self._drained = asyncio.Event()  # set when the last connection is forgotten
         self.rooms = RoomRegistry(s.max_rooms)
         self.user_limits = UserLimits(
             bytes_per_second=s.publish_bytes_per_second,
@@ -105,8 +116,8 @@ class Node:
         """Connect the broker and start the idle-connection sweeper."""
         if isinstance(self.broker, ReapNotifier):
             self.broker.on_reaped(self._on_reaped)
-        await self.broker.start(self.hub.deliver)
-        for channel in ("broadcast", "admins"):
+        await self.broker.start(self._on_publication)
+        for channel in (*_CORE, CONTROL_CHANNEL):
             await self.broker.subscribe(channel)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
         self.running = True
@@ -117,6 +128,11 @@ class Node:
             return
         self.running = False
         await self.close_connections(code, reason)
+        if self.hub.connections and (self.hooks.on_disconnect or self.hooks.presence):
+            # let the endpoints run disconnect (and its hooks) while the broker is still up
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), 5)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -149,12 +165,26 @@ class Node:
                     conn.close(CloseCode.IDLE_TIMEOUT, "Idle timeout")
             self.user_limits.prune()
 
+    def _on_publication(self, pub: Publication) -> None:
+        """The broker's handler: node commands on :data:`CONTROL_CHANNEL`, everything else to the hub."""
+        if pub.channel == CONTROL_CHANNEL:
+            self._on_control(pub)
+        else:
+            self.hub.deliver(pub)
+
     # ---- publishing ------------------------------------------------------------------------------------
     async def publish(self, channel: str, data: Any) -> Publication:
         """Publish ``data`` on ``channel``: subscribers get ``{"type": "publication", "channel", "data", ...}``.
 
-        ``timestamp`` is the server's time of the publication (seconds since the epoch, UTC): clients show it
-        instead of the time the message happened to arrive (a backlog, a recovery, a reload)."""
+        If the channel's namespace has a ``model``, ``data`` (a dict or a model instance) must satisfy it:
+        :class:`~tidings.channels.InvalidPublication` (a ``ValueError`` naming the field) otherwise."""
+        if self.rules.has_models:
+            data = self.rules.validate(channel, data)
+        return await self._publish(channel, data)
+
+    async def _publish(self, channel: str, data: Any) -> Publication:
+        # ``timestamp``: the server's time of the publication (seconds since the epoch, UTC); clients show it
+        # instead of the time the message happened to arrive (a backlog, a recovery, a reload)
         body = {"type": "publication", "channel": channel, "data": data, "timestamp": time.time()}
         return await self.broker.publish(channel, encode(body))
 
@@ -182,7 +212,7 @@ class Node:
         event = {"type": "admin_notification", "category": category, "message": message}
         return (await self.publish_event("admins", event))[0]
 
-    async def send_to_user(self, user_id: int, event: dict[str, Any]) -> Publication:
+    async def send_to_user(self, user_id: UserId, event: dict[str, Any]) -> Publication:
         """Send a typed event to every connection of one user (on any node)."""
         return (await self.publish_event(f"user:{user_id}", event))[0]
 
@@ -205,7 +235,85 @@ class Node:
         """Cluster totals of users and connections."""
         return await self.broker.stats()
 
+    # ---- revocation ------------------------------------------------------------------------------------
+    async def disconnect_user(
+        self, user_id: UserId, code: int, reason: str, *, token_id: str | None = None
+    ) -> None:
+        """Close every connection of ``user_id`` on every node with ``code`` and ``reason`` (only those opened
+        with token ``token_id`` if given). This node's close at once; the others' through the broker."""
+        self._close_user(user_id, code, reason, token_id)
+        await self.broker.publish(CONTROL_CHANNEL, disconnect_command(self.node_id, user_id, code, reason, token_id))
+
+    def _close_user(self, user_id: UserId, code: int, reason: str, token_id: str | None) -> int:
+        closed = 0
+        for conn in list(self.hub.by_user.get(user_id, {}).values()):
+            if token_id is not None and self._conn_meta.get(conn.id, (None, None))[1] != token_id:
+                continue
+            conn.close(code, reason)
+            closed += 1
+        return closed
+
+    def _on_control(self, pub: Publication) -> None:
+        try:
+            command = orjson.loads(pub.frame.payload)
+            if command.get("type") == "disconnect" and command.get("node") != self.node_id:
+                user_id = command["user_id"]
+                token_id = command.get("token_id")
+                self._close_user(user_id, int(command["code"]), str(command["reason"]), token_id)
+        except Exception:
+            logger.warning("ignored a malformed node command on %s", CONTROL_CHANNEL)
+
     # ---- connections -----------------------------------------------------------------------------------
+    async def authenticate_handshake(self, scope: MutableMapping[str, Any], token: str | None) -> Identity:
+        """Who a WebSocket handshake is: the host's ``authenticate`` (given the handshake as an
+        ``HTTPConnection``) or the built-in token check; :class:`ConnectionRejected` (1008) otherwise."""
+        if self.authenticate_hook is None:
+            return await self._token_identity(token)
+        try:
+            user = await self.authenticate_hook(HTTPConnection(scope))
+        except AuthError as exc:
+            raise self._auth_failed(exc.reason) from None
+        except Exception:
+            logger.exception("the host's authenticate failed")
+            raise ConnectionRejected(CloseCode.INTERNAL_ERROR, "Authentication failed") from None
+        if user is None:
+            raise self._auth_failed("Authentication required")
+        return Identity(user)
+
+    async def authenticate_request(self, conn: HTTPConnection, token: str | None) -> UserInfo:
+        """Who a REST request is (host ``authenticate``, else the bearer ``token``); :class:`AuthError` if nobody."""
+        if self.authenticate_hook is not None:
+            user = await self.authenticate_hook(conn)
+            if user is None:
+                raise AuthError("Not authenticated")
+            return user
+        if not token:
+            raise AuthError("Not authenticated")
+        if self.authenticator is None:
+            raise AuthError("Authentication is not configured")
+        verify = getattr(self.authenticator, "verify", None)
+        if verify is not None:
+            return (await verify(token, cached=True)).user  # type: ignore[no-any-return]
+        return (await self.authenticator.authenticate(token))[0]
+
+    def _auth_failed(self, reason: str) -> ConnectionRejected:
+        self.auth_failures[reason] = self.auth_failures.get(reason, 0) + 1
+        return ConnectionRejected(CloseCode.POLICY_VIOLATION, reason)
+
+    async def _token_identity(self, token: str | None) -> Identity:
+        try:
+            if not token:
+                raise AuthError("Authentication required")
+            if self.authenticator is None:
+                raise AuthError("Authentication is not configured")
+            verify = getattr(self.authenticator, "verify", None)
+            if verify is not None:
+                return await verify(token)  # type: ignore[no-any-return]
+            user, expires_at = await self.authenticator.authenticate(token)
+            return Identity(user, expires_at)
+        except AuthError as exc:
+            raise self._auth_failed(exc.reason) from None
+
     async def authenticate(self, token: str | None) -> tuple[UserInfo, float]:
         """Resolve a bearer token to a user, or raise :class:`ConnectionRejected` (1008)."""
         try:
@@ -223,7 +331,24 @@ class Node:
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
         return ConnectionRejected(CloseCode.POLICY_VIOLATION, reason)
 
-    async def connect(self, user: UserInfo, transport: Transport, expires_at: float | None = None) -> Connection:
+    def is_admin(self, user: UserInfo) -> bool:
+        """Whether ``user`` is an administrator (``role == "admin"`` unless the host passed a predicate)."""
+        return self.rules.is_admin(user)
+
+    def add_status_provider(self, provider: StatusProvider) -> StatusProvider:
+        """Merge ``await provider(user)`` into every ``status_update`` (returns ``provider``: usable as a decorator)."""
+        self.hooks.status_providers.append(provider)
+        return provider
+
+    async def connect(
+        self,
+        user: UserInfo,
+        transport: Transport,
+        expires_at: float | None = None,
+        *,
+        token_id: str | None = None,
+        client: str | None = None,
+    ) -> Connection:
         """Register a new connection of ``user``; enforce the per-user limit across the cluster."""
         s = self.settings
         conn = Connection(
@@ -242,8 +367,10 @@ class Node:
             await self.broker.connection_remove(user.id, conn.id)
             raise self.reject("Too many connections")
         self.hub.add(conn)
+        info = ConnInfo(f"{self.node_id}.{conn.id}", self.node_id, time.time(), client)
+        self._conn_meta[conn.id] = (info, token_id)
         channels = ["broadcast", f"user:{user.id}"]
-        if user.is_admin:
+        if self.rules.is_admin(user):
             channels.append("admins")
         conn.send(
             {
@@ -262,6 +389,8 @@ class Node:
             self._expiry[conn.id] = asyncio.get_running_loop().call_later(
                 delay, conn.close, CloseCode.TOKEN_EXPIRED, "Token expired"
             )
+        if self.hooks.on_connect:
+            await self.hooks.fire(self.hooks.on_connect, user, info)
         return conn
 
     def _count_slow(self, conn: Connection) -> None:
@@ -276,6 +405,7 @@ class Node:
             timer.cancel()
         subscribed = list(conn.subscriptions)
         emptied = self.hub.remove(conn)
+        meta = self._conn_meta.pop(conn.id, None)
         try:
             for channel in subscribed:
                 if channel not in ("broadcast", "admins", f"user:{conn.user.id}"):
@@ -286,6 +416,11 @@ class Node:
             await self.broker.connection_remove(conn.user.id, conn.id)
         except BrokerUnavailable:
             logger.warning("broker unavailable while removing %s; entries will expire", conn)
+        if meta is not None and self.hooks.on_disconnect:
+            code = conn.close_code if conn.close_code is not None else ABNORMAL_CLOSE
+            await self.hooks.fire(self.hooks.on_disconnect, conn.user, meta[0], int(code))
+        if not self.hub.connections:
+            self._drained.set()
 
     async def _subscribe(
         self, conn: Connection, channel: str, since: tuple[int, str] | None = None, *, position: bool = True
@@ -322,6 +457,8 @@ class Node:
             new_user, members = await self.broker.presence_add(channel, conn.id, conn.user.public()), 0
         if new_user and self._presence_events(channel, members):
             await self.publish_event(channel, {"type": "join", "user": conn.user.public()})
+            if self.hooks.on_join:
+                await self.hooks.fire(self.hooks.on_join, conn.user, channel)
 
     async def _leave_presence(self, conn: Connection, channel: str) -> None:
         if isinstance(self.broker, CountedPresence):
@@ -330,14 +467,27 @@ class Node:
             gone, members = await self.broker.presence_remove(channel, conn.id, conn.user.id), 0
         if gone and self._presence_events(channel, members):
             await self.publish_event(channel, {"type": "leave", "user": conn.user.public()})
+            if self.hooks.on_leave:
+                await self.hooks.fire(self.hooks.on_leave, conn.user, channel)
 
     async def _on_reaped(self, reaped: list[ReapedConnection]) -> None:
-        """A dead node's connections, handed to this node once (cluster-wide): publish the leaves due."""
+        """A dead node's connections, handed to this node once (cluster-wide): publish the leaves due and fire
+        ``on_leave`` / ``on_disconnect`` (code 1006) for them, once in the cluster."""
         for dead in reaped:
+            user = UserInfo(
+                id=dead.info.get("user_id", dead.user_id),
+                username=str(dead.info.get("username", "")),
+                role=str(dead.info.get("role", "user")),
+            )
             for channel in dead.left:
                 if self.rules.presence_events(channel):
                     with contextlib.suppress(BrokerUnavailable):
                         await self.publish_event(channel, {"type": "leave", "user": dead.info})
+                    if self.hooks.on_leave:
+                        await self.hooks.fire(self.hooks.on_leave, user, channel)
+            if self.hooks.on_disconnect:
+                info = ConnInfo(f"{dead.node_id}.{dead.conn_id}", dead.node_id, 0.0)
+                await self.hooks.fire(self.hooks.on_disconnect, user, info, ABNORMAL_CLOSE)
 
     # ---- inbound messages ------------------------------------------------------------------------------
     async def handle(self, conn: Connection, text: str) -> None:
@@ -397,6 +547,10 @@ class Node:
         conn.send(reply)
         if joined and msg.channel is not None:
             await self._join_presence(conn, msg.channel)
+        if reply["type"] == "subscription_confirmed" and self.hooks.on_subscribe:
+            meta = self._conn_meta.get(conn.id)
+            if meta is not None:
+                await self.hooks.fire(self.hooks.on_subscribe, conn.user, meta[0], reply["subscription"])
 
     async def _on_subscribe(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
         channel = msg.channel or ""
@@ -419,7 +573,7 @@ class Node:
                     "message": refused.message,
                 }
         reply: dict[str, Any] = {"type": "subscription_confirmed", "subscription": channel}
-        if policy.own_events_alias and not conn.user.is_admin:
+        if policy.own_events_alias and not self.rules.is_admin(conn.user):
             reply["scope"] = f"user:{conn.user.id}"
             return reply
         since = None
@@ -451,12 +605,16 @@ class Node:
 
     async def _on_publish(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
         channel = msg.channel or ""
-        if not self.rules.may_client_publish(conn.user, channel):
+        if not await self.rules.may_publish(conn.user, channel):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Publishing to {channel} is not allowed", msg.id)
+        try:
+            validated = self.rules.validate(channel, msg.data)
+        except InvalidPublication as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), msg.id) from None
         refused = self._admit_room(conn.user, channel, msg.id)
         if refused is not None:
             raise refused
-        data = {"user": conn.user.public(), "body": msg.data}
+        data = {"user": conn.user.public(), "body": validated}
         body = encode({"type": "publication", "channel": channel, "data": data, "timestamp": time.time()})
         if not self.user_limits.allow_bytes(conn.user.id, len(body)):
             raise ProtocolError(ErrorCode.RATE_LIMITED, "Publish byte rate exceeded; slow down", msg.id)
@@ -500,9 +658,9 @@ class Node:
 
     async def _status(self, user: UserInfo) -> dict[str, Any]:
         stats = await self.stats()
-        status: dict[str, Any] = {"type": "status_update", "active_jobs": 0, "total_properties": 0}
-        if self.status_provider is not None:
-            status.update(await self.status_provider(user))
+        status: dict[str, Any] = {"type": "status_update"}
+        if self.hooks.status_providers:
+            status.update(await self.hooks.status(user))
         status.update(
             {
                 "server_time": time.time(),

@@ -46,6 +46,7 @@ class CloseCode(IntEnum):
     IDLE_TIMEOUT = 4001
     RATE_LIMITED = 4002
     TOKEN_EXPIRED = 4003
+    PERMISSIONS_CHANGED = 4004  #: the user's role changed: reconnect to get the new rights
 
     @property
     def reconnect(self) -> bool:
@@ -57,6 +58,7 @@ class CloseCode(IntEnum):
             CloseCode.IDLE_TIMEOUT,
             CloseCode.RATE_LIMITED,
             CloseCode.TOKEN_EXPIRED,
+            CloseCode.PERMISSIONS_CHANGED,
         }
 
 

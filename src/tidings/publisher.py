@@ -31,6 +31,7 @@ from tidings.broker.base import BrokerUnavailable
 from tidings.broker.keys import Keys
 from tidings.broker.redis_scripts import PUBLISH, body_head
 from tidings.broker.urls import BrokerURL, is_redis_url, parse_broker_url
+from tidings.channels import CONTROL_CHANNEL, disconnect_command
 from tidings.protocol import CHANNEL_RE, encode
 from tidings.settings import Settings
 
@@ -169,6 +170,10 @@ class Publisher:
         """An ``admin_notification`` to administrators' connections."""
         return (await self.publish_event("admins", self._messages.admin_notification(message, category)))[0]
 
+    async def disconnect_user(self, user_id: int | str, code: int = 1008, reason: str = "Disconnected") -> None:
+        """Close ``user_id``'s WebSockets on every node (as ``hub.disconnect_user`` does)."""
+        await self._publish(CONTROL_CHANNEL, disconnect_command("publisher", user_id, code, reason))
+
     async def send_to_user(self, user_id: int, event: dict[str, Any]) -> dict[str, Any]:
         """A typed event to every connection of one user."""
         return (await self.publish_event(f"user:{user_id}", event))[0]
@@ -239,6 +244,10 @@ class SyncPublisher:
     def notify_admins(self, message: str, category: str = "admin") -> dict[str, Any]:
         """An ``admin_notification`` to administrators' connections."""
         return self.publish_event("admins", self._messages.admin_notification(message, category))[0]
+
+    def disconnect_user(self, user_id: int | str, code: int = 1008, reason: str = "Disconnected") -> None:
+        """Close ``user_id``'s WebSockets on every node (as ``hub.disconnect_user`` does)."""
+        self._publish(CONTROL_CHANNEL, disconnect_command("publisher", user_id, code, reason))
 
     def send_to_user(self, user_id: int, event: dict[str, Any]) -> dict[str, Any]:
         """A typed event to every connection of one user."""

@@ -14,6 +14,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tidings.connection import UserId
 
 __all__ = ["RoomRegistry", "TokenBucket", "UserLimits"]
 
@@ -98,17 +102,17 @@ class UserLimits:
         self.bytes_per_second = bytes_per_second
         self.burst_bytes = burst_bytes
         self.rooms_per_minute = rooms_per_minute
-        self._bytes: dict[int, TokenBucket] = {}
-        self._rooms: dict[int, TokenBucket] = {}
+        self._bytes: dict[UserId, TokenBucket] = {}
+        self._rooms: dict[UserId, TokenBucket] = {}
 
-    def allow_bytes(self, user_id: int, nbytes: int) -> bool:
+    def allow_bytes(self, user_id: UserId, nbytes: int) -> bool:
         """Spend ``nbytes`` of the user's publish budget; False when over the rate."""
         bucket = self._bytes.get(user_id)
         if bucket is None:
             bucket = self._bytes[user_id] = TokenBucket(self.bytes_per_second, self.burst_bytes)
         return bucket.take(nbytes)
 
-    def allow_room(self, user_id: int) -> bool:
+    def allow_room(self, user_id: UserId) -> bool:
         """Spend one of the user's room creations; False when over the rate."""
         bucket = self._rooms.get(user_id)
         if bucket is None:

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     fast_transport: bool = Field(True, description="Use Tidings' own uvicorn WebSocket protocol for fan-out.")
     job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
     admin_username: str = Field("admin", description="Account created on first start with an empty database.")
+    password_hash_workers: int = Field(2, ge=1, description="Threads hashing/verifying passwords (off the loop).")
+    login_max_failures_per_ip: int = Field(
+        20, ge=1, description="Failed logins per client IP in the window before 429 (Retry-After)."
+    )
+    login_max_failures_per_user: int = Field(
+        10, ge=1, description="Failed logins per username in the window before 429 (Retry-After)."
+    )
+    login_failure_window: float = Field(60.0, gt=0, description="Seconds over which failed logins are counted.")
     log_level: str = Field("info", description="Log level of the tidings command.")
     durable_channels: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["room"],

@@ -1,9 +1,9 @@
-"""Request dependencies: the current user from a bearer token, admins only."""
+"""Request dependencies: the current user (the host's ``authenticate`` or a bearer token), admins only."""
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer
 
 from tidings.auth import AuthError
@@ -15,22 +15,15 @@ __all__ = ["admin_dependency", "user_dependency"]
 _bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 
-def user_dependency(node: Node) -> Callable[[str | None], Awaitable[UserInfo]]:
-    """A dependency resolving the bearer token to an active user (401 otherwise)."""
+def user_dependency(node: Node) -> Callable[..., Awaitable[UserInfo]]:
+    """A dependency resolving the request to a user (401 otherwise)."""
 
-    async def current_user(token: Annotated[str | None, Depends(_bearer)]) -> UserInfo:
+    async def current_user(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> UserInfo:
         unauthorized = {"WWW-Authenticate": "Bearer"}
-        if not token:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Not authenticated", headers=unauthorized)
-        if node.authenticator is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Authentication is not configured")
         try:
-            # the authenticator's request variant where it has one (TokenAuthenticator: a user cache of <= 2 s)
-            authenticate = getattr(node.authenticator, "authenticate_request", node.authenticator.authenticate)
-            user, _ = await authenticate(token)
+            return await node.authenticate_request(request, token)
         except AuthError as exc:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, exc.reason, headers=unauthorized) from None
-        return user
 
     return current_user
 
@@ -40,7 +33,7 @@ def admin_dependency(node: Node) -> Callable[[UserInfo], Awaitable[UserInfo]]:
     current_user = user_dependency(node)
 
     async def admin_user(user: Annotated[UserInfo, Depends(current_user)]) -> UserInfo:
-        if not user.is_admin:
+        if not node.is_admin(user):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "Administrator role required")
         return user
 

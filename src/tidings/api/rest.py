@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from tidings.api.bodies import json_body_openapi, read_json
 from tidings.api.deps import admin_dependency, user_dependency
 from tidings.broker import BrokerUnavailable
+from tidings.channels import InvalidPublication
 from tidings.connection import UserInfo
 from tidings.node import Node
 
@@ -72,6 +73,9 @@ def build_rest_router(node: Node) -> APIRouter:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"Invalid channel: {body.channel}")
         try:
             pub = await node.publish(body.channel, body.data)
+        except InvalidPublication as exc:
+            errors = [{"loc": ["body", "data", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors]
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, errors) from None
         except BrokerUnavailable:
             raise _unavailable() from None
         except orjson.JSONEncodeError as exc:

@@ -142,10 +142,14 @@ class WebSocketEndpoint:
                 raise ConnectionRejected(rejected.code, origin_refused_reason(origin or ""))
             if not node.running:
                 raise ConnectionRejected(CloseCode.GOING_AWAY, "Server shutting down")
-            user, expires_at = await node.authenticate(token)
+            identity = await node.authenticate_handshake(scope, token)  # the host's authenticate, or the token
+            user = identity.user
             if self.match_path_user and str(scope.get("path_params", {}).get("user_id")) != str(user.id):
                 raise node.reject("User id mismatch")
-            return await node.connect(user, transport, expires_at)
+            client = scope.get("client")
+            return await node.connect(
+                user, transport, identity.expires_at, token_id=identity.token_id, client=client[0] if client else None
+            )
         except ConnectionRejected as exc:
             await send({"type": "websocket.close", "code": exc.code, "reason": exc.reason})
             return None
@@ -169,6 +173,8 @@ class WebSocketEndpoint:
                     continue
                 await node.handle(conn, text)
             elif kind == "websocket.disconnect":
+                if conn.close_code is None:  # the client closed (or dropped): its code for on_disconnect
+                    conn.close_code = message.get("code", 1005)
                 return
 
 

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from tidings.protocol import Frame
+
+if TYPE_CHECKING:
+    from tidings.connection import UserId
 
 __all__ = [
     "Broker",
@@ -72,7 +75,7 @@ class ReapedConnection:
 
     node_id: str
     conn_id: str
-    user_id: int
+    user_id: UserId
     info: dict[str, Any]
     channels: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
@@ -126,16 +129,16 @@ class Broker(Protocol):
     async def presence_add(self, channel: str, conn_id: str, info: dict[str, Any]) -> bool:
         """Record a connection in the channel; True when its user was not present before."""
 
-    async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
+    async def presence_remove(self, channel: str, conn_id: str, user_id: UserId) -> bool:
         """Forget a connection; True when its user has no connection left in the channel."""
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         """Users present in the channel across all nodes, one entry per user."""
 
-    async def connection_add(self, user_id: int, conn_id: str) -> int:
+    async def connection_add(self, user_id: UserId, conn_id: str) -> int:
         """Count a new connection of ``user_id`` cluster-wide; returns the user's count including it."""
 
-    async def connection_remove(self, user_id: int, conn_id: str) -> None:
+    async def connection_remove(self, user_id: UserId, conn_id: str) -> None:
         """Forget a connection."""
 
     async def stats(self) -> dict[str, int]:
@@ -160,7 +163,7 @@ class CountedPresence(Protocol):
     async def presence_join(self, channel: str, conn_id: str, info: dict[str, Any]) -> tuple[bool, int]:
         """:meth:`Broker.presence_add`, and the channel's member count (users) after it."""
 
-    async def presence_leave(self, channel: str, conn_id: str, user_id: int) -> tuple[bool, int]:
+    async def presence_leave(self, channel: str, conn_id: str, user_id: UserId) -> tuple[bool, int]:
         """:meth:`Broker.presence_remove`, and the channel's member count after it."""
 
     async def presence_page(self, channel: str, after: int = 0, limit: int = 100) -> PresencePage:

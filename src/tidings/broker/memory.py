@@ -17,11 +17,15 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidings.broker.base import HistoryResult, Publication, PublicationHandler
 from tidings.protocol import Frame, with_position
+
+if TYPE_CHECKING:
+    from tidings.connection import UserId
 
 __all__ = ["ENTRY_OVERHEAD", "MemoryBroker"]
 
@@ -55,6 +59,8 @@ class MemoryBroker:
         max_channels: int = 10_000,
     ) -> None:
         self.history_size = history_size
+        #: ``channel -> size`` (None: ``history_size``): a namespace's own history size, set by the node
+        self.history_limit: Callable[[str], int | None] | None = None
         self.history_ttl = history_ttl
         self.history_budget_bytes = max(1, history_budget_bytes)
         self.history_max_bytes = max(1, min(history_max_bytes, self.history_budget_bytes))
@@ -67,7 +73,7 @@ class MemoryBroker:
         self._handler: PublicationHandler | None = None
         self._subscribed: set[str] = set()
         self._presence: dict[str, dict[str, dict[str, Any]]] = {}
-        self._connections: dict[int, set[str]] = {}
+        self._connections: dict[UserId, set[str]] = {}
 
     @property
     def healthy(self) -> bool:
@@ -128,10 +134,15 @@ class MemoryBroker:
         stream.history.clear()
         stream.epoch = self._new_epoch()
 
-    def _trim(self, stream: _Stream) -> None:
+    def _size(self, channel: str) -> int:
+        size = None if self.history_limit is None else self.history_limit(channel)
+        return self.history_size if size is None else size
+
+    def _trim(self, stream: _Stream, size: int | None = None) -> None:
         """Apply the per-channel bounds (count and bytes) to ``stream``, oldest first."""
         history = stream.history
-        while history and (len(history) > self.history_size or stream.nbytes > self.history_max_bytes):
+        size = self.history_size if size is None else size
+        while history and (len(history) > size or stream.nbytes > self.history_max_bytes):
             cost = _cost(history.popleft())
             stream.nbytes -= cost
             self.history_bytes -= cost
@@ -161,7 +172,8 @@ class MemoryBroker:
         stream.last_publish = time.monotonic()
         payload = with_position(body, stream.offset, stream.epoch)
         pub = Publication(channel, stream.offset, stream.epoch, Frame(payload))
-        if self.history_size:
+        size = self._size(channel)
+        if size:
             # A frame of its own: the delivered one caches its wire bytes for the sockets; history keeps the payload.
             kept = Publication(channel, stream.offset, stream.epoch, Frame(payload))
             cost = _cost(kept)
@@ -173,7 +185,7 @@ class MemoryBroker:
                 self.history_bytes -= stream.nbytes
                 stream.history.clear()
                 stream.nbytes = 0
-            self._trim(stream)
+            self._trim(stream, size)
             self._enforce_budget()
         if self._handler is not None and channel in self._subscribed:
             self._handler(pub)
@@ -212,7 +224,7 @@ class MemoryBroker:
         members[conn_id] = info
         return new_user
 
-    async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
+    async def presence_remove(self, channel: str, conn_id: str, user_id: UserId) -> bool:
         """Forget a connection; True if its user has left the channel entirely."""
         members = self._presence.get(channel)
         if not members or members.pop(conn_id, None) is None:
@@ -224,18 +236,18 @@ class MemoryBroker:
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         """One entry per user present in the channel."""
-        users: dict[int, dict[str, Any]] = {}
+        users: dict[UserId, dict[str, Any]] = {}
         for entry in self._presence.get(channel, {}).values():
             users.setdefault(entry["user_id"], entry)
-        return sorted(users.values(), key=lambda e: e["user_id"])
+        return sorted(users.values(), key=lambda e: (isinstance(e["user_id"], str), e["user_id"]))
 
-    async def connection_add(self, user_id: int, conn_id: str) -> int:
+    async def connection_add(self, user_id: UserId, conn_id: str) -> int:
         """Count a connection; returns the user's connection count."""
         conns = self._connections.setdefault(user_id, set())
         conns.add(conn_id)
         return len(conns)
 
-    async def connection_remove(self, user_id: int, conn_id: str) -> None:
+    async def connection_remove(self, user_id: UserId, conn_id: str) -> None:
         """Forget a connection."""
         conns = self._connections.get(user_id)
         if conns is not None:

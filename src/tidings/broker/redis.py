@@ -30,7 +30,7 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from redis.asyncio.retry import Retry
@@ -54,6 +54,9 @@ from tidings.broker.keys import Keys
 from tidings.broker.redis_pubsub import Subscriber
 from tidings.broker.urls import parse_broker_url, redact_url
 from tidings.protocol import Frame
+
+if TYPE_CHECKING:
+    from tidings.connection import UserId
 
 __all__ = ["RedisBroker", "redact_url"]
 
@@ -120,6 +123,8 @@ class RedisBroker:
         self.target = parse_broker_url(url)
         self.prefix = prefix
         self.history_size = history_size
+        #: ``channel -> size`` (None: ``history_size``): a namespace's own history size, set by the node
+        self.history_limit: Callable[[str], int | None] | None = None
         self.history_ttl = history_ttl
         self.history_max_bytes = history_max_bytes
         self.presence_ttl = presence_ttl
@@ -153,10 +158,10 @@ class RedisBroker:
         self._markers: dict[bytes, asyncio.Future[None]] = {}
         self._last: dict[str, tuple[str, int]] = {}  # channel -> (epoch, offset) last delivered
         # This node's registrations, replayed after a reconnect (Redis may have lost them).
-        self._local_conns: dict[str, tuple[int, bytes]] = {}  # node.conn -> (user_id, user JSON)
-        self._local_presence: dict[str, dict[str, tuple[int, bytes]]] = {}  # channel -> node.conn -> (uid, JSON)
-        self._stale_presence: dict[tuple[str, str], int] = {}  # (channel, node.conn) -> uid, removed once back
-        self._stale_conns: dict[str, int] = {}  # node.conn -> user_id, removed once Redis is back
+        self._local_conns: dict[str, tuple[UserId, bytes]] = {}  # node.conn -> (user_id, user JSON)
+        self._local_presence: dict[str, dict[str, tuple[UserId, bytes]]] = {}  # channel -> node.conn -> (uid, JSON)
+        self._stale_presence: dict[tuple[str, str], UserId] = {}  # (channel, node.conn) -> uid, removed once back
+        self._stale_conns: dict[str, UserId] = {}  # node.conn -> user_id, removed once Redis is back
         self._sub: Subscriber | None = None
         self._connected = False
         self._closing = False
@@ -256,7 +261,9 @@ class RedisBroker:
     async def publish(self, channel: str, body: bytes) -> Publication:
         """Run the publish script: offset, history, ``(S)PUBLISH`` of the final bytes, atomically."""
         head = lua.body_head(body)
-        args: list[EncodableT] = [head, new_epoch(), self.history_size, self.history_ttl, self.history_max_bytes]
+        size = None if self.history_limit is None else self.history_limit(channel)
+        size = self.history_size if size is None else size
+        args: list[EncodableT] = [head, new_epoch(), size, self.history_ttl, self.history_max_bytes]
         args += [self._cmd, self._check]
         keys = self.keys.stream(channel)
         offset, epoch = await self._call(lambda: self._publish(keys=keys, args=args))
@@ -602,7 +609,7 @@ class RedisBroker:
         """Record a connection in the channel; True when its user had no connection there before."""
         return (await self.presence_join(channel, conn_id, info))[0]
 
-    async def presence_leave(self, channel: str, conn_id: str, user_id: int) -> tuple[bool, int]:
+    async def presence_leave(self, channel: str, conn_id: str, user_id: UserId) -> tuple[bool, int]:
         """Forget a connection (O(1)); (True if its user has no connection left in the channel, member count).
 
         While Redis is unreachable the removal is queued (and ``(False, -1)`` returned) rather than raised, so a
@@ -624,7 +631,7 @@ class RedisBroker:
             return False, -1
         return bool(gone), int(count)
 
-    async def presence_remove(self, channel: str, conn_id: str, user_id: int) -> bool:
+    async def presence_remove(self, channel: str, conn_id: str, user_id: UserId) -> bool:
         """Forget a connection; True when its user has no connection left in the channel."""
         return (await self.presence_leave(channel, conn_id, user_id))[0]
 
@@ -647,7 +654,7 @@ class RedisBroker:
         return users
 
     # ---- connections -------------------------------------------------------------------------------------
-    async def connection_add(self, user_id: int, conn_id: str, info: dict[str, Any] | None = None) -> int:
+    async def connection_add(self, user_id: UserId, conn_id: str, info: dict[str, Any] | None = None) -> int:
         """Count a connection cluster-wide (atomic add-and-count); while Redis is down, count this node's only.
 
         ``info`` (the user's public info) is what a survivor reports if this node dies with the connection open.
@@ -663,7 +670,7 @@ class RedisBroker:
             logger.warning("Redis unavailable: counting user %s's connections on this node only", user_id)
             return sum(1 for uid, _ in self._local_conns.values() if uid == user_id)
 
-    async def connection_remove(self, user_id: int, conn_id: str) -> None:
+    async def connection_remove(self, user_id: UserId, conn_id: str) -> None:
         """Forget a connection (retried after a reconnect if Redis is down now)."""
         conn_id = self._cluster_id(conn_id)
         self._local_conns.pop(conn_id, None)

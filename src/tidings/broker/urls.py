@@ -14,13 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote
 
-import redis
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
-from redis.asyncio.sentinel import Sentinel as AsyncSentinel
-from redis.cluster import ClusterNode
-from redis.sentinel import Sentinel
-
 __all__ = ["BrokerURL", "celery_broker", "is_redis_url", "parse_broker_url", "redact_url"]
 
 Mode = Literal["redis", "sentinel", "cluster"]
@@ -83,6 +76,10 @@ class BrokerURL:
 
     def async_client(self, **options: Any) -> Any:
         """A ``redis.asyncio`` client: ``Redis`` (one server or Sentinel's master) or ``RedisCluster``."""
+        import redis.asyncio as aioredis  # here, not at import: the hub core parses URLs without redis installed
+        from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+        from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
         if self.mode == "redis":
             return aioredis.Redis.from_url(self.url, protocol=2, **options)
         common = self._common(options)
@@ -98,6 +95,10 @@ class BrokerURL:
 
     def sync_client(self, **options: Any) -> Any:
         """A blocking client: ``redis.Redis`` (one server or Sentinel's master) or ``redis.RedisCluster``."""
+        import redis
+        from redis.cluster import ClusterNode
+        from redis.sentinel import Sentinel
+
         if self.mode == "redis":
             return redis.Redis.from_url(self.url, protocol=2, **options)
         common = self._common(options)

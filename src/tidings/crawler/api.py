@@ -1,39 +1,57 @@
-"""REST API of the crawler platform: jobs, properties and user administration (documented in OpenAPI).
+"""REST API of the crawler platform: jobs and properties (documented in OpenAPI).
 
 * ``POST /api/jobs``, ``GET /api/jobs``, ``GET /api/jobs/{id}``, ``POST /api/jobs/{id}/cancel`` -- users see
   their own jobs only (another user's job is a 404); administrators see every job.
 * ``GET /api/properties`` (``location``, ``min_price``, ``max_price``, ``limit``, ``offset``; with ``total``) and
   ``GET /api/properties/{id}`` (with its price history).
-* ``GET /api/admin/users``, ``POST /api/admin/users``, ``PATCH /api/admin/users/{id}`` -- administrators.
+
+Account administration is the built-in users' (:mod:`tidings.users.api`). The router needs only what
+:class:`PlatformApi` describes, so this module does not import :mod:`tidings.crawler.service`.
 """
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import AnyHttpUrl, BaseModel, Field
-from sqlalchemy import func, select
 
-from tidings.api.deps import admin_dependency, user_dependency
-from tidings.auth import hash_password
+from tidings.api.deps import user_dependency
 from tidings.connection import UserInfo
 from tidings.crawler import store
-from tidings.crawler.egress import check_target
+from tidings.crawler.config import PlatformSettings
+from tidings.crawler.egress import EgressPolicy, check_target
 from tidings.crawler.models import FINAL_STATUSES, CrawlJob, JobStatus
-from tidings.db import User
-from tidings.db.database import DuplicateUser
+from tidings.db import Database
+from tidings.node import Node
 
-if TYPE_CHECKING:
-    from tidings.crawler.service import Platform
+
+class PlatformApi(Protocol):
+    """What the routes need from the platform (:class:`tidings.crawler.service.Platform` has it)."""
+
+    db: Database
+    node: Node
+    config: PlatformSettings
+
+    async def dispatch(self, job_id: int) -> None:
+        """Run a pending job."""
+
+    async def cancel(self, job_id: int) -> CrawlJob | None:
+        """Cancel a job."""
+
+    def learn_origin(self, server: object) -> None:
+        """Remember an address this server answers on."""
+
+    def egress_policy(self) -> EgressPolicy:
+        """The crawl egress policy."""
 
 
 class DispatchError(Exception):
     """A job could not be handed to a worker (Celery's broker unreachable); the job is marked failed."""
 
 
-__all__ = ["DispatchError", "build_platform_router"]
+__all__ = ["DispatchError", "PlatformApi", "build_platform_router"]
 
 
 # ---- bodies and responses -------------------------------------------------------------------------------
@@ -122,38 +140,6 @@ class PropertyList(BaseModel):
     offset: int
 
 
-class UserOut(BaseModel):
-    """An account."""
-
-    user_id: int
-    username: str
-    role: Literal["admin", "user"]
-    is_active: bool
-    created_at: datetime | None
-
-
-class UserList(BaseModel):
-    """Every account, by id."""
-
-    users: list[UserOut]
-
-
-class UserIn(BaseModel):
-    """Body of ``POST /api/admin/users``."""
-
-    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
-    password: str = Field(min_length=4, max_length=256)
-    role: Literal["admin", "user"] = "user"
-
-
-class UserPatch(BaseModel):
-    """Body of ``PATCH /api/admin/users/{id}``: the fields to change."""
-
-    role: Literal["admin", "user"] | None = None
-    is_active: bool | None = None
-    password: str | None = Field(None, min_length=4, max_length=256)
-
-
 def _job_out(job: CrawlJob, *, executions: bool = False) -> JobOut:
     data: dict[str, Any] = job.to_dict()
     if executions:
@@ -161,33 +147,22 @@ def _job_out(job: CrawlJob, *, executions: bool = False) -> JobOut:
     return JobOut.model_validate(data)
 
 
-def _user_out(user: User) -> UserOut:
-    return UserOut(
-        user_id=user.id,
-        username=user.username,
-        role="admin" if user.role == "admin" else "user",
-        is_active=user.is_active,
-        created_at=user.created_at,
-    )
-
-
 def _not_found(what: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
 
 
 # ---- router ---------------------------------------------------------------------------------------------
-def build_platform_router(platform: "Platform") -> APIRouter:
+def build_platform_router(platform: PlatformApi) -> APIRouter:
     """The platform's REST routes, bound to one :class:`~tidings.crawler.service.Platform`."""
     router = APIRouter()
     db = platform.db
     node = platform.node
     current_user: Callable[..., Awaitable[UserInfo]] = user_dependency(node)
     ViewerT = Annotated[UserInfo, Depends(current_user)]  # noqa: N806
-    AdminT = Annotated[UserInfo, Depends(admin_dependency(node))]  # noqa: N806
 
     async def visible_job(job_id: int, user: UserInfo) -> CrawlJob:
         job = await store.get_job(db, job_id)
-        if job is None or (job.owner_id != user.id and not user.is_admin):
+        if job is None or (job.owner_id != user.id and not node.is_admin(user)):
             raise _not_found("Job")
         return job
 
@@ -211,7 +186,7 @@ def build_platform_router(platform: "Platform") -> APIRouter:
             refused = await check_target(policy, url)
             if refused is not None:
                 raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"target not allowed: {refused}")
-        job = await store.create_job(db, user.id, body.spider_name, urls)
+        job = await store.create_job(db, int(user.id), body.spider_name, urls)
         try:
             await platform.dispatch(job.id)
         except DispatchError as exc:
@@ -226,7 +201,7 @@ def build_platform_router(platform: "Platform") -> APIRouter:
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> JobList:
         """Your jobs (administrators: everybody's), newest first."""
-        owner = None if user.is_admin else user.id
+        owner = None if node.is_admin(user) else int(user.id)
         value = None if job_status is None else job_status.value
         jobs, total = await store.list_jobs(db, owner, status=value, limit=limit, offset=offset)
         return JobList(jobs=[_job_out(job) for job in jobs], total=total, limit=limit, offset=offset)
@@ -272,43 +247,5 @@ def build_platform_router(platform: "Platform") -> APIRouter:
             raise _not_found("Property")
         prop, history = found
         return PropertyDetail.model_validate({**prop.to_dict(), "price_history": [h.to_dict() for h in history]})
-
-    @router.get("/api/admin/users", tags=["admin"], response_model=UserList)
-    async def list_users(_: AdminT) -> UserList:
-        """Every account."""
-        async with db.sessions() as session:
-            users = (await session.execute(select(User).order_by(User.id))).scalars()
-            return UserList(users=[_user_out(user) for user in users])
-
-    @router.post("/api/admin/users", tags=["admin"], status_code=status.HTTP_201_CREATED, response_model=UserOut)
-    async def create_user(body: UserIn, _: AdminT) -> UserOut:
-        """Create an account (409 when the name is taken)."""
-        try:
-            user = await db.create_user(body.username, body.password, role=body.role)
-        except DuplicateUser:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"User {body.username!r} already exists") from None
-        return _user_out(user)
-
-    @router.patch("/api/admin/users/{user_id}", tags=["admin"], response_model=UserOut)
-    async def update_user(user_id: int, body: UserPatch, _: AdminT) -> UserOut:
-        """Change an account's role, active flag or password. The last active administrator cannot be demoted
-        or deactivated (409)."""
-        async with db.session() as session:
-            user = await session.get(User, user_id, with_for_update=True)
-            if user is None:
-                raise _not_found("User")
-            loses_admin = user.role == "admin" and user.is_active and (body.role == "user" or body.is_active is False)
-            if loses_admin:
-                query = select(func.count(User.id)).where(User.role == "admin", User.is_active.is_(True))
-                if int((await session.execute(query)).scalar_one()) <= 1:
-                    raise HTTPException(status.HTTP_409_CONFLICT, "The last active administrator must stay one")
-            if body.role is not None:
-                user.role = body.role
-            if body.is_active is not None:
-                user.is_active = body.is_active
-            if body.password is not None:
-                user.password_hash = hash_password(body.password)
-            await session.flush()
-            return _user_out(user)
 
     return router

@@ -37,17 +37,14 @@ import inspect
 import json
 import logging
 import os
-import queue
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from tidings.crawler import protocol
 from tidings.crawler.items import PropertyItem
@@ -327,38 +324,6 @@ def _log_child_line(session: _Session, line: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _pump(stream: IO[bytes], sink: Callable[[bytes | None], None]) -> None:
-    try:
-        for line in iter(stream.readline, b""):
-            sink(line)
-    except (OSError, ValueError):
-        pass
-    finally:
-        sink(None)
-
-
-def _interrupt(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, OSError):
-        if os.name == "nt":
-            proc.terminate()
-        else:
-            proc.send_signal(signal.SIGINT)
-
-
-def _stop_process(proc: subprocess.Popen[bytes], grace_period: float) -> None:
-    """SIGINT (graceful), then SIGKILL after ``grace_period`` seconds."""
-    if proc.poll() is not None:
-        return
-    _interrupt(proc)
-    try:
-        proc.wait(timeout=grace_period)
-    except subprocess.TimeoutExpired:
-        logger.warning("Crawl process %d did not stop within %g s; killing it", proc.pid, grace_period)
-        with contextlib.suppress(ProcessLookupError, OSError):
-            proc.kill()
-        proc.wait()
-
-
 def run_crawl(
     spider_name: str,
     target_urls: Sequence[str],
@@ -382,71 +347,27 @@ def run_crawl(
     ``timeout`` (seconds) fails the crawl if it runs longer. Never raises for crawl failures --
     inspect ``CrawlResult.reason`` / ``.error`` -- but re-raises exceptions from the callbacks.
     """
-    command = child_command(spider_name, target_urls, settings, spider_kwargs)
-    session = _Session(progress_every)
-    lines: queue.Queue[bytes | None] = queue.Queue()
-    proc = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env()
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    stderr_stream = proc.stderr
-
-    def on_stderr(raw: bytes | None) -> None:
-        if raw is not None:
-            _log_child_line(session, raw.decode("utf-8", "replace"))
-
-    threads = [
-        threading.Thread(target=_pump, args=(proc.stdout, lines.put), name="crawl-stdout", daemon=True),
-        threading.Thread(target=_pump, args=(stderr_stream, on_stderr), name="crawl-stderr", daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
-    stop = _StopState(should_stop, timeout, poll_interval, grace_period)
     try:
-        while True:
-            if stop.requested is None:
-                if stop.check(time.monotonic()):
-                    # Keep reading until EOF: the child reports its stats while shutting down.
-                    _interrupt(proc)
-            elif stop.kill_due(time.monotonic()) and proc.poll() is None:
-                logger.warning("Crawl process %d did not stop within %g s; killing it", proc.pid, grace_period)
-                with contextlib.suppress(ProcessLookupError, OSError):
-                    proc.kill()
-            try:
-                raw = lines.get(timeout=max(0.01, stop.wait_budget(time.monotonic())))
-            except queue.Empty:
-                continue
-            if raw is None:
-                break
-            record = protocol.decode(raw)
-            if record is None:
-                if raw.strip():
-                    child_logger.debug("non-protocol output: %r", raw[:200])
-                continue
-            item = session.handle(record)
-            if item is not None and stop.requested is None:
-                on_item(item)
-                if session.delivered() and on_progress is not None:
-                    on_progress(session.progress())
-    except BaseException:
-        _stop_process(proc, grace_period)
-        raise
-    finally:
-        try:
-            exit_code = proc.wait(timeout=grace_period)
-        except subprocess.TimeoutExpired:
-            _stop_process(proc, grace_period)
-            exit_code = proc.wait()
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        for thread in threads:
-            thread.join(timeout=5)
-    result = session.result(exit_code=exit_code, cancelled=stop.cancelled, timed_out=stop.timed_out)
-    if on_progress is not None:
-        on_progress(session.progress())
-    _log_result(spider_name, result)
-    return result
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("run_crawl blocks: inside an event loop, use 'await arun_crawl(...)'")
+    return asyncio.run(
+        arun_crawl(
+            spider_name,
+            target_urls,
+            on_item=on_item,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            progress_every=progress_every,
+            settings=settings,
+            spider_kwargs=spider_kwargs,
+            timeout=timeout,
+            grace_period=grace_period,
+            poll_interval=poll_interval,
+        )
+    )
 
 
 def _log_result(spider_name: str, result: CrawlResult) -> None:

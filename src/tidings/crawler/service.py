@@ -1,7 +1,9 @@
 """The crawler platform on top of a :class:`~tidings.service.Tidings` hub: ``install_platform(app, hub)``.
 
-It adds the REST API (:mod:`tidings.crawler.api`), the ``job:<id>`` channel's owner check, the
-``request_status`` counts (from the database), the sample site at ``/sample-site``, and runs jobs:
+It is an application of the hub's public API only: it declares its channels (:mod:`tidings.crawler.channels`)
+with ``hub.namespace``, adds the ``request_status`` counts with ``hub.status_provider``, migrates its own Alembic
+branch (``platform``), includes its REST API (:mod:`tidings.crawler.api`), mounts the sample site at
+``/sample-site``, and runs jobs:
 
 * embedded default (``TIDINGS_BROKER_URL=memory://``): in this process, as asyncio tasks (nothing else to start);
 * with Redis (``TIDINGS_BROKER_URL=redis://...``): jobs are sent to Celery workers (``tidings worker``), whose
@@ -21,10 +23,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from tidings.channels import ChannelPolicy
 from tidings.connection import UserInfo
 from tidings.crawler import store
 from tidings.crawler.api import DispatchError, build_platform_router
+from tidings.crawler.channels import platform_namespaces
 from tidings.crawler.config import PlatformSettings
 from tidings.crawler.egress import LOOPBACK_NAMES, SAMPLE_SITE_PREFIX, EgressPolicy, SelfOrigin
 from tidings.crawler.jobs import SERVER_LOST_ERROR, JobRunner, Reaper, worker_name
@@ -87,7 +89,7 @@ class Platform:
     # ---- hooks into the hub ------------------------------------------------------------------------------
     async def owns_job(self, user: UserInfo, job_id: str) -> bool:
         """Owner check of ``job:<id>``: the job's owner (admins pass before this is asked)."""
-        if not job_id.isdigit():
+        if not job_id.isdigit() or len(job_id) > 18:
             return False
         return await store.job_owner(self.db, int(job_id)) == user.id
 
@@ -99,12 +101,13 @@ class Platform:
         }
 
     def install(self, app: FastAPI) -> None:
-        """Add the routes, the channel rule, the status provider and the sample site to ``app``."""
+        """Declare the channels and the status provider on the hub; add the routes and the sample site."""
         from tidings.crawler.sample_site import create_sample_site_app, price_version_from_file
 
         self.app = app
-        self.node.rules.register("job", ChannelPolicy(subscribe="owner"), self.owns_job)
-        self.node.status_provider = self.status
+        for name, namespace in platform_namespaces(self.owns_job).items():
+            self.hub.namespace(name, namespace)
+        self.hub.status_provider(self.status)
         app.include_router(self.router)
         version_file = self.config.price_version_path(self.settings)
         site = create_sample_site_app(price_version_from_file(version_file))
@@ -168,7 +171,8 @@ class Platform:
     async def run(self) -> AsyncIterator[Platform]:
         """Connect Celery (if configured), start the reaper, resume pending in-process jobs; stop on exit.
 
-        Enter it inside the hub's ``run()`` (the database is migrated and the node started)."""
+        Enter it inside the hub's ``run()`` (the users' tables exist and the node started)."""
+        await self.db.migrate("platform@head")
         if self.celery_url:
             from tidings.crawler.celery_app import create_celery
 

@@ -1,35 +1,52 @@
-"""The database handle: engine, sessions, migrations, and the user queries authentication needs."""
+"""The built-in users' database: engine, sessions, migrations, and the user queries authentication needs.
+
+Part of the ``[users]`` extra; the hub core never imports it (a host with its own ``authenticate`` has no
+database). Passwords are hashed and verified off the event loop (:class:`~tidings.users.passwords.PasswordPool`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from tidings.auth import hash_password, verify_password
+from tidings.auth import Credentials
 from tidings.connection import UserInfo
-from tidings.db.models import User
+from tidings.db.models import RevokedToken, User, utcnow
 from tidings.files import ensure_private_file
+from tidings.users.passwords import PasswordPool
 
-__all__ = ["Database", "DuplicateUser"]
+__all__ = ["Database", "DuplicateUser", "LastAdmin", "UserChange"]
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+#: The Alembic branch of the built-in users' tables (the crawler platform's is ``platform@head``).
+USERS_HEAD = "users@head"
 
 
 class DuplicateUser(Exception):
     """A user with that name exists already."""
 
 
-@functools.cache
-def _dummy_hash() -> str:
-    return hash_password(secrets.token_hex(8))
+class LastAdmin(Exception):
+    """The change would leave no active administrator."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserChange:
+    """What an account change did, for closing the user's open sockets (see :mod:`tidings.users.service`)."""
+
+    user: User
+    credentials_changed: bool = False  #: password changed: older tokens are invalid
+    disabled: bool = False  #: deactivated or deleted
+    role_changed: bool = False
 
 
 def user_info(user: User) -> UserInfo:
@@ -37,22 +54,23 @@ def user_info(user: User) -> UserInfo:
     return UserInfo(id=user.id, username=user.username, role=user.role)
 
 
-def run_migrations(url: str) -> None:
-    """Bring the schema at ``url`` to the latest Alembic revision (blocking; call from a thread)."""
+def run_migrations(url: str, target: str = USERS_HEAD) -> None:
+    """Bring the schema at ``url`` to ``target`` (an Alembic revision or ``branch@head``). Blocking."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, target)
 
 
 class Database:
     """An async SQLAlchemy engine and session factory for one database URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, passwords: PasswordPool | None = None) -> None:
         self.url = url
+        self.passwords = passwords or PasswordPool()
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:" and not path.startswith("file:"):
@@ -60,13 +78,14 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
-    async def migrate(self) -> None:
-        """Apply pending migrations."""
-        await asyncio.to_thread(run_migrations, self.url)
+    async def migrate(self, target: str = USERS_HEAD) -> None:
+        """Apply pending migrations of ``target`` (default: the users' branch)."""
+        await asyncio.to_thread(run_migrations, self.url, target)
 
     async def dispose(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections and the password threads."""
         await self.engine.dispose()
+        self.passwords.close()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -83,7 +102,8 @@ class Database:
         """Create an account; raises :class:`DuplicateUser` if the name is taken."""
         if role not in ("admin", "user"):
             raise ValueError("role must be 'admin' or 'user'")
-        user = User(username=username, password_hash=hash_password(password), role=role, is_active=True)
+        password_hash = await self.passwords.hash(password)
+        user = User(username=username, password_hash=password_hash, role=role, is_active=True, credential_version=0)
         try:
             async with self.session() as session:
                 session.add(user)
@@ -102,26 +122,98 @@ class Database:
             return await session.get(User, user_id)
 
     async def active_user(self, username: str) -> UserInfo | None:
-        """The active user named ``username`` (for token authentication)."""
+        """The active user named ``username``."""
         user = await self.get_user(username)
         return user_info(user) if user is not None and user.is_active else None
 
-    async def set_password(self, username: str, password: str) -> bool:
-        """Replace a user's password; False if there is no such user."""
+    async def credentials(self, username: str) -> Credentials | None:
+        """The active user named ``username`` and their credential version (for token authentication)."""
+        user = await self.get_user(username)
+        if user is None or not user.is_active:
+            return None
+        return Credentials(user_info(user), user.credential_version or 0)
+
+    async def set_password(self, username: str, password: str) -> User | None:
+        """Replace a user's password (older tokens stop working); None if there is no such user."""
+        password_hash = await self.passwords.hash(password)
         async with self.session() as session:
             user = (await session.execute(select(User).where(User.username == username))).scalar_one_or_none()
             if user is None:
-                return False
-            user.password_hash = hash_password(password)
-        return True
+                return None
+            user.password_hash = password_hash
+            user.credential_version = (user.credential_version or 0) + 1
+        return user
+
+    async def update_user(
+        self,
+        user_id: int,
+        *,
+        role: str | None = None,
+        is_active: bool | None = None,
+        password: str | None = None,
+    ) -> UserChange | None:
+        """Change an account; None if there is none. Raises :class:`LastAdmin` if no active admin would be left.
+
+        A password change or a deactivation bumps the credential version (older tokens stop working)."""
+        if role is not None and role not in ("admin", "user"):
+            raise ValueError("role must be 'admin' or 'user'")
+        password_hash = None if password is None else await self.passwords.hash(password)
+        async with self.session() as session:
+            user = await session.get(User, user_id, with_for_update=True)
+            if user is None:
+                return None
+            loses_admin = user.role == "admin" and user.is_active and (role == "user" or is_active is False)
+            if loses_admin:
+                query = select(func.count(User.id)).where(User.role == "admin", User.is_active.is_(True))
+                if int((await session.execute(query)).scalar_one()) <= 1:
+                    raise LastAdmin
+            role_changed = role is not None and role != user.role
+            disabled = is_active is False and user.is_active
+            if role is not None:
+                user.role = role
+            if is_active is not None:
+                user.is_active = is_active
+            if password_hash is not None:
+                user.password_hash = password_hash
+            if password_hash is not None or disabled:
+                user.credential_version = (user.credential_version or 0) + 1
+            await session.flush()
+        changed = password_hash is not None
+        return UserChange(user, credentials_changed=changed, disabled=disabled, role_changed=role_changed)
+
+    async def delete_user(self, user_id: int) -> User | None:
+        """Delete an account (and, by cascade, what it owns); None if there is none. :class:`LastAdmin` applies."""
+        async with self.session() as session:
+            user = await session.get(User, user_id, with_for_update=True)
+            if user is None:
+                return None
+            if user.role == "admin" and user.is_active:
+                query = select(func.count(User.id)).where(User.role == "admin", User.is_active.is_(True))
+                if int((await session.execute(query)).scalar_one()) <= 1:
+                    raise LastAdmin
+            await session.delete(user)
+        return user
 
     async def check_password(self, username: str, password: str) -> User | None:
-        """The active user if ``password`` is right, else None."""
+        """The active user if ``password`` is right, else None (verified off the event loop)."""
         user = await self.get_user(username)
         if user is None or not user.is_active:
-            verify_password(password, _dummy_hash())  # same work as a real check: no user-name oracle
+            await self.passwords.verify(password, None)  # same work as a real check: no user-name oracle
             return None
-        return user if verify_password(password, user.password_hash) else None
+        return user if await self.passwords.verify(password, user.password_hash) else None
+
+    async def revoke_token(self, token_id: str, user_id: int, expires_at: float) -> None:
+        """Revoke a token id until ``expires_at`` (Unix time); expired entries are purged on the way."""
+        expiry = datetime.fromtimestamp(expires_at, UTC)
+        async with self.session() as session:
+            await session.execute(delete(RevokedToken).where(RevokedToken.expires_at < utcnow()))
+            if await session.get(RevokedToken, token_id) is None:
+                session.add(RevokedToken(token_id=token_id, user_id=user_id, expires_at=expiry))
+
+    async def is_revoked(self, token_id: str) -> bool:
+        """Whether ``token_id`` was revoked by a logout."""
+        async with self.sessions() as session:
+            return await session.get(RevokedToken, token_id) is not None
 
     async def user_count(self) -> int:
         """How many accounts exist."""

@@ -1,10 +1,13 @@
-"""Alembic environment: runs migrations on an async engine (SQLite or PostgreSQL)."""
+"""Alembic environment: runs migrations on an async engine (SQLite or PostgreSQL).
+
+Two branches share this script directory: ``users`` (the built-in accounts) and ``platform`` (the crawler's
+tables, depending on ``users``). The hub with built-in users upgrades ``users@head`` only; the crawler platform
+upgrades ``platform@head``. ``target_metadata`` (autogenerate only) is the users' tables.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -12,10 +15,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from tidings.db.models import Base
-
-with contextlib.suppress(ImportError):  # the crawler platform's tables live on the same metadata
-    importlib.import_module("tidings.crawler.models")
-    importlib.import_module("tidings.durable_history")  # channel_messages (durable chat history)
 
 config = context.config
 target_metadata = Base.metadata

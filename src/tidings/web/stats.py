@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from tidings.channels import ChannelPolicy
+from tidings.channels import Namespace
 from tidings.node import Node
 
 __all__ = ["STATS_CHANNEL", "StatsPusher", "node_counters"]
@@ -58,7 +58,7 @@ class StatsPusher:
     @staticmethod
     def register(node: Node) -> None:
         """Let any signed-in user subscribe to ``dashboard_stats`` (only the server publishes there)."""
-        node.rules.register(STATS_CHANNEL, ChannelPolicy(subscribe="any"))
+        node.rules.declare(STATS_CHANNEL, Namespace(subscribe="any", argument=False, history=10))
 
     async def push_once(self) -> bool:
         """Compute and publish this node's figures; False when nobody is connected (nothing published)."""

@@ -1,4 +1,4 @@
-"""users
+"""users (branch ``users``: the built-in accounts)
 
 Revision ID: 0001
 Revises:
@@ -12,7 +12,7 @@ from alembic import op
 
 revision = "0001"
 down_revision = None
-branch_labels = None
+branch_labels = ("users",)
 depends_on = None
 
 

@@ -1,7 +1,7 @@
-"""crawler platform: crawl jobs, job executions, properties, price history
+"""crawler platform: crawl jobs, job executions, properties, price history (branch ``platform``)
 
 Revision ID: 0002
-Revises: 0001
+Revises: (root of the platform branch; depends on users 0001)
 Create Date: 2026-11-26
 """
 
@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
+down_revision = None
+branch_labels = ("platform",)
+depends_on = "0001"
 
 PRICE = sa.Numeric(14, 2)
 

@@ -96,6 +96,19 @@ function signOut(reason) {
   location.assign(`/login?next=${next}${reason ? `&reason=${encodeURIComponent(reason)}` : ''}`);
 }
 
+/** The sign-out button: revoke this token on the server (its sockets close on every node), then sign out here. */
+async function logout() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) {
+    try {
+      await fetch('/auth/logout', { method: 'POST', headers: { Authorization: `Bearer ${token}` }, keepalive: true });
+    } catch {
+      // offline: the token still ends at its expiry
+    }
+  }
+  signOut();
+}
+
 /** fetch() with the bearer token; JSON in and out; a 401 sends the user back to the sign-in page. */
 async function api(path, { method = 'GET', body } = {}) {
   const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` };
@@ -1141,7 +1154,7 @@ async function start() {
   $('#whoami').replaceChildren(h('strong', {}, me.username), h('span', { class: 'badge role' }, me.role));
   document.body.dataset.role = me.role;
   for (const el of document.querySelectorAll('.admin-only')) el.hidden = me.role !== 'admin';
-  $('#logout').addEventListener('click', () => signOut());
+  $('#logout').addEventListener('click', () => logout());
 
   client.connect().catch(() => {}); // failures are reported through the state and terminal events
   // Job events: our own arrive on user:<id> (administrators: every job on job_updates). Subscribing explicitly

@@ -1,6 +1,6 @@
 """durable channel history (chat rooms) and job attempts (resume after a restart or a lost worker)
 
-Revision ID: 0003
+Revision ID: 0004 (branch ``platform``)
 Revises: 0002
 Create Date: 2026-12-01
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
+revision = "0004"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
