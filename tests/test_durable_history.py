@@ -19,6 +19,7 @@ from tidings.protocol import encode
 async def db(tmp_path: Path) -> Any:
     database = Database(f"sqlite+aiosqlite:///{tmp_path / 'history.db'}")
     await database.migrate()
+    await database.migrate("platform@head")  # channel_messages lives on the platform branch (0004)
     yield database
     await database.dispose()
 

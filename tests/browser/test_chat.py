@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -162,8 +163,9 @@ def test_join_and_leave_lines_are_collapsed(
             expect(ann.locator("#room-crowd .presence li")).to_have_count(5)
             expect(events.last).to_have_text("bob and 3 others joined")
             expect(events.last).to_have_attribute("title", "bob joined, carl joined, dan joined, eve joined")
-        expect(events.last).to_have_text("bob and 3 others joined · eve and dan left")  # eve's block ends first
-    expect(events.last).to_have_text("bob and 3 others joined · eve and 3 others left")
+        # the two connections close at once: the server may see either leave first
+        expect(events.last).to_have_text(re.compile(r"^bob and 3 others joined · (eve and dan|dan and eve) left$"))
+    expect(events.last).to_have_text(re.compile(r"^bob and 3 others joined · (eve|dan) and 3 others left$"))
     expect(events).to_have_count(2)  # ann's own join, then one line for everything after her message
     shot(ann, "chat-collapsed-joins")
 

@@ -21,7 +21,8 @@ from tidings.db.models import utcnow
 async def db(database_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Database]:
     """A migrated database (SQLite file or a fresh PostgreSQL database)."""
     database = Database(database_env.get("TIDINGS_DATABASE_URL") or f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
-    await database.migrate()
+    await database.migrate()  # the users branch
+    await database.migrate("platform@head")  # the crawler tables are the platform branch
     try:
         yield database
     finally:
