@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install lock lint typecheck bench bench-redis bench-security browser-deps js-deps clean
+.PHONY: run test install generate lock lint typecheck bench bench-redis bench-security browser-deps js-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,9 +20,15 @@ $(UV): $(BIN)/python
 $(STAMP): requirements.lock pyproject.toml | $(UV)
 	$(UV) pip install --python $(BIN)/python --require-hashes -r requirements.lock
 	$(UV) pip install --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m tidings.codegen
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The JavaScript close-code module (web/client/close-codes.js, .d.ts) from src/tidings/close_codes.py; a test
+# fails when the committed files drift from the table.
+generate: $(STAMP)
+	$(BIN)/python -m tidings.codegen
 
 # Re-lock every extra (all = redis, users, platform) and the dev tools, with hashes.
 lock: | $(UV)
@@ -57,6 +63,7 @@ bench: $(STAMP) js-deps
 
 bench-redis: $(STAMP)
 	$(BIN)/python -m bench.redis_fanout
+	$(BIN)/python -m bench.redis_shards
 
 # Issue 9's targets: one user flooding new rooms (memory and Redis), a login flood's effect on another client's ping.
 bench-security: $(STAMP)

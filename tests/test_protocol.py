@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
+from tidings.messages import Ping, Presence, Publish, RequestStatus, Since, Subscribe, Unsubscribe
 from tidings.protocol import (
     CHANNEL_RE,
-    ClientMessage,
     CloseCode,
     ErrorCode,
     Frame,
@@ -32,13 +32,13 @@ def parse_error(text: str | bytes) -> ProtocolError:
 # ---- parsing: valid messages -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("msg_type", ["ping", "request_status"])
-def test_parse_messages_without_fields(msg_type: str) -> None:
-    assert parse_client_message(json.dumps({"type": msg_type})) == ClientMessage(type=msg_type)
+def test_parse_messages_without_fields() -> None:
+    assert parse_client_message('{"type": "ping"}') == Ping(type="ping")
+    assert parse_client_message('{"type": "request_status"}') == RequestStatus(type="request_status")
 
 
 def test_parse_accepts_bytes() -> None:
-    assert parse_client_message(b'{"type": "ping", "id": 3}') == ClientMessage(type="ping", id=3)
+    assert parse_client_message(b'{"type": "ping", "id": 3}') == Ping(type="ping", id=3)
 
 
 @pytest.mark.parametrize("msg_id", ["abc", 7, 0, -1, ""])
@@ -49,45 +49,47 @@ def test_parse_keeps_string_or_integer_id(msg_id: Any) -> None:
 @pytest.mark.parametrize("key", ["subscription", "channel"])
 def test_parse_subscribe_accepts_subscription_or_channel(key: str) -> None:
     msg = parse_client_message(json.dumps({"type": "subscribe", key: "job_updates", "id": "s1"}))
-    assert msg == ClientMessage(type="subscribe", id="s1", channel="job_updates")
-    assert msg.since_offset is None and msg.since_epoch is None
+    assert msg == Subscribe(type="subscribe", id="s1", subscription="job_updates")
+    assert isinstance(msg, Subscribe) and msg.since is None
 
 
 def test_parse_subscribe_prefers_subscription_over_channel() -> None:
     msg = parse_client_message(json.dumps({"type": "subscribe", "subscription": "a", "channel": "b"}))
-    assert msg.channel == "a"
+    assert isinstance(msg, Subscribe) and msg.subscription == "a"
 
 
 def test_parse_subscribe_with_since() -> None:
     msg = parse_client_message(
         json.dumps({"type": "subscribe", "subscription": "room:x", "since": {"offset": 12, "epoch": "ab12"}})
     )
-    assert (msg.channel, msg.since_offset, msg.since_epoch) == ("room:x", 12, "ab12")
+    assert isinstance(msg, Subscribe)
+    assert (msg.subscription, msg.since) == ("room:x", Since(offset=12, epoch="ab12"))
 
 
 def test_parse_subscribe_with_null_since_is_a_plain_subscribe() -> None:
     msg = parse_client_message(json.dumps({"type": "subscribe", "subscription": "room:x", "since": None}))
-    assert msg.since_offset is None and msg.since_epoch is None
+    assert isinstance(msg, Subscribe) and msg.since is None
 
 
 def test_parse_since_is_ignored_on_unsubscribe() -> None:
     msg = parse_client_message(json.dumps({"type": "unsubscribe", "subscription": "room:x", "since": "junk"}))
-    assert msg == ClientMessage(type="unsubscribe", channel="room:x")
+    assert msg == Unsubscribe(type="unsubscribe", subscription="room:x")
 
 
 def test_parse_presence() -> None:
     msg = parse_client_message(json.dumps({"type": "presence", "subscription": "room:x"}))
-    assert msg == ClientMessage(type="presence", channel="room:x")
+    assert msg == Presence(type="presence", subscription="room:x")
 
 
 @pytest.mark.parametrize("data", [{"text": "hi"}, [1, 2], "s", 0, None])
 def test_parse_publish(data: Any) -> None:
     msg = parse_client_message(json.dumps({"type": "publish", "channel": "room:x", "data": data, "id": 9}))
-    assert msg == ClientMessage(type="publish", id=9, channel="room:x", data=data)
+    assert msg == Publish(type="publish", id=9, channel="room:x", data=data)
 
 
 def test_parse_publish_accepts_subscription_as_channel() -> None:
-    assert parse_client_message('{"type":"publish","subscription":"room:x","data":1}').channel == "room:x"
+    msg = parse_client_message('{"type":"publish","subscription":"room:x","data":1}')
+    assert isinstance(msg, Publish) and msg.channel == "room:x"
 
 
 # ---- parsing: bad input ------------------------------------------------------------------------------------
@@ -137,6 +139,7 @@ def test_parse_missing_subscription(msg_type: str) -> None:
     assert err.code is ErrorCode.BAD_REQUEST
     assert err.message == f"'subscription' is required for {msg_type}"
     assert err.msg_id == 4
+    assert err.field == "subscription"
 
 
 @pytest.mark.parametrize("value", [1, None, ["a"], {"a": 1}, True])
@@ -144,6 +147,7 @@ def test_parse_subscription_must_be_a_string(value: Any) -> None:
     err = parse_error(json.dumps({"type": "subscribe", "subscription": value}))
     assert err.code is ErrorCode.BAD_REQUEST
     assert err.message == "'subscription' must be a string"
+    assert err.field == "subscription"
 
 
 def test_parse_publish_missing_channel() -> None:
@@ -157,27 +161,28 @@ def test_parse_publish_missing_data() -> None:
     assert err.code is ErrorCode.BAD_REQUEST
     assert err.message == "'data' is required for publish"
     assert err.msg_id == "p"
+    assert err.field == "data"
 
 
 @pytest.mark.parametrize(
-    "since",
+    ("since", "field", "message"),
     [
-        {"offset": -1, "epoch": "e"},
-        {"offset": True, "epoch": "e"},
-        {"offset": 1.5, "epoch": "e"},
-        {"offset": "1", "epoch": "e"},
-        {"offset": 1},
-        {"epoch": "e"},
-        {"offset": 1, "epoch": 5},
-        "1:e",
-        [1, "e"],
-        5,
+        ({"offset": -1, "epoch": "e"}, "since.offset", "'since.offset' must be a non-negative integer"),
+        ({"offset": True, "epoch": "e"}, "since.offset", "'since.offset' must be an integer"),
+        ({"offset": 1.5, "epoch": "e"}, "since.offset", "'since.offset' must be an integer"),
+        ({"offset": "1", "epoch": "e"}, "since.offset", "'since.offset' must be an integer"),
+        ({"offset": 1}, "since.epoch", "'since.epoch' is required for subscribe"),
+        ({"epoch": "e"}, "since.offset", "'since.offset' is required for subscribe"),
+        ({"offset": 1, "epoch": 5}, "since.epoch", "'since.epoch' must be a string"),
+        ("1:e", "since", "'since' must be an object"),
+        ([1, "e"], "since", "'since' must be an object"),
+        (5, "since", "'since' must be an object"),
     ],
 )
-def test_parse_bad_since(since: Any) -> None:
+def test_parse_bad_since_names_the_field(since: Any, field: str, message: str) -> None:
     err = parse_error(json.dumps({"type": "subscribe", "subscription": "room:x", "since": since, "id": 1}))
     assert err.code is ErrorCode.BAD_REQUEST
-    assert "'since'" in err.message
+    assert (err.field, err.message) == (field, message)
     assert err.msg_id == 1
 
 
@@ -207,9 +212,11 @@ def test_close_code_values_follow_the_protocol() -> None:
     assert {c.name: int(c) for c in CloseCode} == {
         "NORMAL": 1000,
         "GOING_AWAY": 1001,
+        "ABNORMAL": 1006,
         "POLICY_VIOLATION": 1008,
         "MESSAGE_TOO_BIG": 1009,
         "INTERNAL_ERROR": 1011,
+        "TRY_AGAIN_LATER": 1013,
         "SLOW_CONSUMER": 4000,
         "IDLE_TIMEOUT": 4001,
         "RATE_LIMITED": 4002,
@@ -220,7 +227,7 @@ def test_close_code_values_follow_the_protocol() -> None:
 
 def test_close_codes_say_whether_to_reconnect() -> None:
     reconnect = {c for c in CloseCode if c.reconnect}
-    assert reconnect == {1001, 1011, 4000, 4001, 4002, 4003, 4004}
+    assert reconnect == {1001, 1006, 1011, 1013, 4000, 4001, 4002, 4003, 4004}
     assert not CloseCode.NORMAL.reconnect
     assert not CloseCode.POLICY_VIOLATION.reconnect
     assert not CloseCode.MESSAGE_TOO_BIG.reconnect
@@ -241,11 +248,11 @@ def test_error_message_with_and_without_id() -> None:
         "code": "unknown_type",
         "message": "Unknown message type: x",
     }
-    assert error_message(ErrorCode.INVALID_JSON, "Invalid JSON format", "r1", extra=1) == {
+    assert error_message(ErrorCode.BAD_REQUEST, "'x' must be a string", "r1", "x") == {
         "type": "error",
-        "code": "invalid_json",
-        "message": "Invalid JSON format",
-        "extra": 1,
+        "code": "bad_request",
+        "message": "'x' must be a string",
+        "field": "x",
         "id": "r1",
     }
     assert error_message(ErrorCode.BAD_REQUEST, "m", 0)["id"] == 0

@@ -106,11 +106,54 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
     assert low == 1.0 and 2.9 < high < 3.0
 
 
-def test_close_actions_follow_the_protocol() -> None:
+def test_close_actions_follow_the_close_code_table() -> None:
     assert close_action(1000) == "stop"
     assert [close_action(c) for c in (1008, 1009, 4500, 4999)] == ["terminal"] * 4
     assert close_action(4002) == "pause"
-    assert [close_action(c) for c in (1001, 1006, 1011, 4000, 4001, 4003)] == ["reconnect"] * 6
+    assert close_action(4003) == "refresh"
+    assert [close_action(c) for c in (1001, 1006, 1011, 1013, 4000, 4001, 4004)] == ["reconnect"] * 7
+
+
+async def test_expired_token_ends_in_sign_in_again_not_a_reconnect_loop(server: LiveServer) -> None:
+    """The server closes an expired token with 4003; a static token cannot be renewed: terminal, sign in."""
+    client = fast_client(server, server.token("ann", ttl=2))
+    events = Events(client, "terminal", "reconnecting")
+    await client.connect()
+    terminal = await events.wait("terminal")
+    assert (terminal["code"], terminal["sign_in"]) == (4003, True)
+    assert client.state is ClientState.OFFLINE
+    assert client.connections == 1
+    assert [name for name, _ in events.seen] == ["terminal"]
+    await client.close()
+
+
+async def test_expired_token_from_a_function_returning_it_again_is_terminal(server: LiveServer) -> None:
+    token = server.token("ann", ttl=2)
+    calls: list[str] = []
+
+    def same_token() -> str:
+        calls.append(token)
+        return token
+
+    client = fast_client(server, same_token)
+    events = Events(client, "terminal")
+    await client.connect()
+    terminal = await events.wait("terminal")
+    assert (terminal["code"], terminal["reason"], terminal["sign_in"]) == (4003, "Token expired", True)
+    assert client.connections == 1
+    assert len(calls) == 2  # asked once more for a token, got the expired one: no new connection
+    await client.close()
+
+
+async def test_expired_token_from_a_function_with_a_fresh_one_reconnects(server: LiveServer) -> None:
+    tokens = iter([server.token("ann", ttl=2), server.token("ann")])
+    client = fast_client(server, lambda: next(tokens))
+    events = Events(client, "connected", "terminal")
+    await client.connect()
+    await events.wait("connected", lambda _: client.connections == 2)
+    assert client.state is ClientState.CONNECTED
+    assert not [name for name, _ in events.seen if name == "terminal"]
+    await client.close()
 
 
 # ---- against a live server ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from tests.test_redis_cluster import eventually
 from tidings.broker import BrokerUnavailable, Publication, ReapedConnection, create_broker
 from tidings.broker.redis import RedisBroker, redact_url
 from tidings.broker.redis_scripts import parse_position
+from tidings.broker.urls import celery_broker, parse_broker_url
 from tidings.protocol import encode, with_position
 from tidings.publisher import Publisher, SyncPublisher
 
@@ -408,3 +409,42 @@ async def test_history_is_bounded_in_bytes(make: Any) -> None:
     huge = await broker.publish("room:huge", encode({"data": "y" * 300_000}))
     assert not (await broker.recover("room:huge", 0, huge.epoch)).recovered  # larger than the bound: not kept
     assert await broker.client.xlen(broker.keys.hist("room:huge")) == 0
+
+
+def test_broker_urls_select_the_deployment() -> None:
+    single = parse_broker_url("redis://:pw@h:6380/2")
+    assert (single.mode, single.publish_command) == ("redis", "PUBLISH")
+    cluster = parse_broker_url("redis+cluster://u:p%40ss@10.0.0.1:7000,10.0.0.2")
+    assert (cluster.mode, cluster.hosts, cluster.username, cluster.password) == (
+        "cluster",
+        (("10.0.0.1", 7000), ("10.0.0.2", 6379)),
+        "u",
+        "p@ss",
+    )
+    assert cluster.publish_command == "SPUBLISH" and cluster.sharded
+    sentinel = parse_broker_url("rediss+sentinel://s1:26380,s2/mymaster/3?sentinel_password=x")
+    assert (sentinel.mode, sentinel.tls, sentinel.service, sentinel.db, sentinel.sentinel_password) == (
+        "sentinel",
+        True,
+        "mymaster",
+        3,
+        "x",
+    )
+    assert sentinel.hosts == (("s1", 26380), ("s2", 26379))
+    for bad, message in [
+        ("redis+sentinel://s1:26379", "names its service"),
+        ("redis+cluster://h:port", "Bad port"),
+        ("redis+cluster://h/1", "only database 0"),
+        ("kafka://h", "Unsupported broker URL"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_broker_url(bad)
+    with pytest.raises(ValueError, match="redis\\+cluster://"):
+        create_broker("kafka://h")
+    assert redact_url("redis+cluster://u:secret@h1:1,h2:2") == "redis+cluster://u:***@h1:1,h2:2"
+    assert celery_broker("redis://h:1/0") == ("redis://h:1/0", {})
+    assert celery_broker("redis+sentinel://:pw@a:1,b:2/svc") == (
+        "sentinel://:pw@a:1/0;sentinel://:pw@b:2/0",
+        {"master_name": "svc"},
+    )
+    assert celery_broker("redis+cluster://a:1") is None

@@ -303,3 +303,28 @@ async def test_healthz_and_metrics_describe_the_redis_broker(cluster: Cluster) -
         metrics = (await http.get(f"{cluster.a.url}/metrics")).text
     assert "tidings_broker_up 1.0" in metrics
     assert "tidings_broker_reconnects_total 0.0" in metrics
+
+
+async def test_big_room_presence_pages_and_no_join_events_above_the_size(server_factory: Any, tmp_path: Path) -> None:
+    env = cluster_env(tmp_path, TIDINGS_PRESENCE_EVENTS_MAX_MEMBERS="2")
+    node = start_node(server_factory, env)
+    names = ["ann", "bob", "carl"]
+    ids = sorted(node.create_user(name) for name in names)
+    async with connected(node, "ann") as ann, connected(node, "bob") as bob, connected(node, "carl") as carl:
+        await subscribe(ann, "room:big")
+        await subscribe(bob, "room:big")
+        assert (await recv_presence_event(ann, "join", "bob"))["channel"] == "room:big"  # 2 members: events
+        await subscribe(carl, "room:big")  # 3 members: above the setting, no join event
+        await eventually(lambda: _equals(_presence_names(node, "room:big"), names))
+        await send(ann, {"type": "presence", "subscription": "room:big", "limit": 2, "id": 1})
+        page = await recv_until(ann, "presence")  # a join of carl would have come first
+        assert (page["count"], [u["user_id"] for u in page["users"]], page["cursor"]) == (3, ids[:2], ids[1])
+        await send(ann, {"type": "presence", "subscription": "room:big", "limit": 2, "cursor": page["cursor"]})
+        page = await recv_until(ann, "presence")
+        assert (page["count"], [u["user_id"] for u in page["users"]], page["cursor"]) == (3, ids[2:], None)
+        await send(ann, {"type": "presence", "subscription": "room:big", "limit": 0})
+        assert (await recv_until(ann, "error"))["code"] == "bad_request"
+        async with httpx.AsyncClient(base_url=node.url, headers=node.admin_headers()) as http:
+            body = (await http.get("/api/presence/room:big", params={"limit": 1, "cursor": ids[0]})).json()
+            assert (body["count"], [u["user_id"] for u in body["users"]], body["cursor"]) == (3, [ids[1]], ids[1])
+            assert (await http.get("/api/presence/room:big", params={"limit": 5000})).status_code == 422

@@ -183,7 +183,8 @@ async def test_publish_reaches_subscribers_only(srv: LiveServer) -> None:
         resp = await post(srv, "/api/publish", {"channel": "property:7", "data": data})
         assert resp.status_code == 200, resp.text
         result = resp.json()
-        assert result.keys() == {"channel", "offset", "epoch"} and result["channel"] == "property:7"
+        assert result.keys() == {"channel", "offset", "epoch", "duplicate"} and result["channel"] == "property:7"
+        assert result["duplicate"] is False
         for ws in (sub1, sub2):
             msg = await recv_until(ws, "publication")
             assert isinstance(msg.pop("timestamp"), float)  # the server's time of publication

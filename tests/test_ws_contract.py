@@ -390,21 +390,30 @@ async def test_request_status_reflects_real_connections(srv: LiveServer) -> None
 @pytest.mark.parametrize(
     ("message", "reply"),
     [
-        ('{"type": "dance", "id": 3}', {"code": "unknown_type", "message": "Unknown message type: dance", "id": 3}),
-        ('{"id": "x"}', {"code": "unknown_type", "message": "Unknown message type: None", "id": "x"}),
+        (
+            '{"type": "dance", "id": 3}',
+            {"code": "unknown_type", "message": "Unknown message type: dance", "id": 3, "field": "type"},
+        ),
+        ('{"id": "x"}', {"code": "unknown_type", "message": "Unknown message type: None", "id": "x", "field": "type"}),
         ("not json", {"code": "invalid_json", "message": "Invalid JSON format"}),
         ("{", {"code": "invalid_json", "message": "Invalid JSON format"}),
         ("", {"code": "invalid_json", "message": "Invalid JSON format"}),
         ("[1, 2]", {"code": "bad_request", "message": "A message must be a JSON object"}),
-        ('{"type": "subscribe"}', {"code": "bad_request", "message": "'subscription' is required for subscribe"}),
+        (
+            '{"type": "subscribe"}',
+            {"code": "bad_request", "message": "'subscription' is required for subscribe", "field": "subscription"},
+        ),
         (
             '{"type": "subscribe", "subscription": 5, "id": 1}',
-            {"code": "bad_request", "message": "'subscription' must be a string", "id": 1},
+            {"code": "bad_request", "message": "'subscription' must be a string", "id": 1, "field": "subscription"},
         ),
-        ('{"type": "ping", "id": true}', {"code": "bad_request", "message": "'id' must be a string or an integer"}),
+        (
+            '{"type": "ping", "id": true}',
+            {"code": "bad_request", "message": "'id' must be a string or an integer", "field": "id"},
+        ),
         (
             '{"type": "publish", "channel": "room:a"}',
-            {"code": "bad_request", "message": "'data' is required for publish"},
+            {"code": "bad_request", "message": "'data' is required for publish", "field": "data"},
         ),
     ],
 )
@@ -428,6 +437,7 @@ async def test_bad_since_is_a_bad_request(srv: LiveServer) -> None:
     async with connected(srv, "ann") as ws:
         reply = await request(ws, {"type": "subscribe", "subscription": "room:r", "since": {"offset": -1}}, "error")
         assert reply["code"] == "bad_request"
+        assert reply["field"] == "since.offset"
 
 
 async def test_client_publish_on_a_room(srv: LiveServer, ids: dict[str, int]) -> None:

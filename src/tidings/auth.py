@@ -22,6 +22,7 @@ import jwt
 from starlette.requests import HTTPConnection
 
 from tidings.connection import UserInfo
+from tidings.errors import TidingsError
 
 __all__ = [
     "MAX_USER_CACHE_TTL",
@@ -51,7 +52,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'tidings.auth' has no attribute {name!r}")
 
 
-class AuthError(Exception):
+class AuthError(TidingsError):
     """Authentication failed; ``reason`` is safe to show the client (it becomes a 1008 close reason)."""
 
     def __init__(self, reason: str) -> None:

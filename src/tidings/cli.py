@@ -242,14 +242,14 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: DATA is not JSON: {exc}", file=sys.stderr)
         return 1
     if args.broker:
-        return _publish_to_broker(args.channel, data, settings)
+        return _publish_to_broker(args.channel, data, settings, args.idempotency_key)
     http_url, _ = server_urls(args.url)
     token = args.token or _local_token(settings, args.user or settings.admin_username)
     if not token:
         print("error: no active administrator to sign a token for (use --user or --token)", file=sys.stderr)
         return 1
     try:
-        reply = publish_rest(http_url, token, args.channel, data)
+        reply = publish_rest(http_url, token, args.channel, data, idempotency_key=args.idempotency_key)
     except httpx.HTTPStatusError as exc:
         print(f"error: {exc.response.status_code} {exc.response.text}", file=sys.stderr)
         return 1
@@ -277,7 +277,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _publish_to_broker(channel: str, data: object, settings: Settings) -> int:
+def _publish_to_broker(channel: str, data: object, settings: Settings, idempotency_key: str | None = None) -> int:
     """Publish straight into the Redis broker (``TIDINGS_BROKER_URL``), as Celery workers do."""
     import json
 
@@ -290,7 +290,7 @@ def _publish_to_broker(channel: str, data: object, settings: Settings) -> int:
         return 1
     try:
         with SyncPublisher.from_settings(settings) as publisher:
-            reply = publisher.publish(channel, data)
+            reply = publisher.publish(channel, data, idempotency_key=idempotency_key)
     except (ValueError, BrokerUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -374,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--token", help="an administrator's access token")
     who.add_argument(
         "--broker", action="store_true", help="publish directly into the Redis broker (TIDINGS_BROKER_URL), no server"
+    )
+    p.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="a repeat of KEY on the channel within TIDINGS_IDEMPOTENCY_TTL publishes nothing (safe retries)",
     )
     p.set_defaults(func=_publish)
     return parser

@@ -22,7 +22,8 @@ Usage::
 Exceptions::
 
     TidingsClientError
-     +-- TerminalError        the server closed with a terminal code (or reconnect attempts ran out)
+     +-- TerminalError        the server closed with a terminal code (or reconnect attempts ran out);
+     |                        ``sign_in`` is True when the user must sign in again (4003 token expired)
      +-- ClientClosed         the client was closed (by close(), or a 1000 from the server)
      +-- RequestError         an ``error`` / ``subscription_error`` reply (``.code``, ``.reply``)
      +-- RequestTimeout       no reply in time
@@ -50,6 +51,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.protocol import State
+
+from tidings.close_codes import CloseCode, signs_out
+from tidings.close_codes import close_action as _close_action
+from tidings.errors import TidingsError
 
 __all__ = [
     "ClientClosed",
@@ -97,8 +102,8 @@ EVENTS = frozenset(
 ABNORMAL = 1006
 
 
-class TidingsClientError(Exception):
-    """Root of the client's exceptions."""
+class TidingsClientError(TidingsError):
+    """Root of the client's exceptions (itself a :class:`tidings.errors.TidingsError`)."""
 
 
 class TerminalError(TidingsClientError):
@@ -110,6 +115,8 @@ class TerminalError(TidingsClientError):
         self.code = code
         self.reason = reason
         self.gave_up = gave_up
+        #: True when the credentials are no longer good: the user must sign in again.
+        self.sign_in = not gave_up and signs_out(code, reason)
 
 
 class ClientClosed(TidingsClientError):
@@ -147,15 +154,12 @@ class ClientState(enum.StrEnum):
     OFFLINE = "offline"
 
 
-def close_action(code: int) -> str:
-    """What to do after a close with ``code``: ``stop``, ``terminal``, ``pause`` (4002) or ``reconnect``."""
-    if code == 1000:
-        return "stop"
-    if code in (1008, 1009) or 4500 <= code <= 4999:
-        return "terminal"
-    if code == 4002:
-        return "pause"
-    return "reconnect"
+def close_action(code: int, reason: str = "") -> str:
+    """What to do after a close: ``stop``, ``reconnect``, ``pause``, ``refresh`` or ``terminal``.
+
+    Read from the one close-code table, :mod:`tidings.close_codes`.
+    """
+    return str(_close_action(code, reason))
 
 
 def backoff_delay(
@@ -328,6 +332,9 @@ class TidingsClient:
         self._outbox: asyncio.Queue[str] | None = None
         self._dead: ClientConnection | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._token_used: str | None = None
+        self._expired_token: str | None = None
+        self._stale_token = False
 
     # ---- public API ------------------------------------------------------------------------------------
     @property
@@ -503,8 +510,15 @@ class TidingsClient:
             was_established, self._established = self._established, False
             if was_established:
                 attempt = 0
-            action = close_action(code)
-            will_reconnect = action in ("reconnect", "pause")
+            action = close_action(code, reason)
+            if action == "refresh":
+                # the token expired: only a token function can give a new one; the same token again is terminal
+                if callable(self.token) and not self._stale_token:
+                    self._expired_token = self._token_used
+                else:
+                    action = "terminal"
+            self._stale_token = False
+            will_reconnect = action in ("reconnect", "pause", "refresh")
             attempt += 1
             gave_up = self.max_reconnect_attempts is not None and attempt > self.max_reconnect_attempts
             if gave_up:
@@ -518,11 +532,14 @@ class TidingsClient:
                 error = TerminalError(code, reason, gave_up=gave_up)
                 self._terminal = error
                 self._set_state(ClientState.OFFLINE, code, reason)
-                self._emit("terminal", {"code": code, "reason": reason, "gave_up": gave_up, "attempts": attempt})
+                self._emit(
+                    "terminal",
+                    {"code": code, "reason": reason, "gave_up": gave_up, "attempts": attempt, "sign_in": error.sign_in},
+                )
                 self._finish(error)
                 return
             first = False
-            delay = self._delay(attempt, pause=action == "pause")
+            delay = 0.0 if action == "refresh" else self._delay(attempt, pause=action == "pause")
             self._set_state(ClientState.RECONNECTING, code, reason)
             self._emit("reconnecting", {"attempt": attempt, "delay": delay, "code": code, "reason": reason})
             logger.info("connection closed (%s %s); reconnecting in %.2fs", code, reason, delay)
@@ -553,6 +570,10 @@ class TidingsClient:
         except Exception as exc:
             self._emit("error", {"source": "token", "error": exc})
             raise _Closed(ABNORMAL, f"token callable failed: {exc}") from None
+        if self._expired_token is not None and token == self._expired_token:
+            self._stale_token = True  # the token function gave the expired token again: sign in again
+            raise _Closed(CloseCode.TOKEN_EXPIRED, "Token expired")
+        self._token_used, self._expired_token = token, None
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             ws = await websockets.connect(
@@ -906,14 +927,28 @@ async def listen(
     return 0
 
 
-def publish_rest(base_url: str, token: str, channel: str, data: Any, *, timeout: float = 10.0) -> Message:
-    """Publish ``data`` on ``channel`` through ``POST /api/publish`` (an administrator's token); the reply."""
+def publish_rest(
+    base_url: str,
+    token: str,
+    channel: str,
+    data: Any,
+    *,
+    timeout: float = 10.0,
+    idempotency_key: str | None = None,
+) -> Message:
+    """Publish ``data`` on ``channel`` through ``POST /api/publish`` (an administrator's token); the reply.
+
+    ``idempotency_key`` is sent as the ``Idempotency-Key`` header: retrying with it cannot publish twice.
+    """
     import httpx
 
+    headers = {"Authorization": f"Bearer {token}"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
     response = httpx.post(
         f"{base_url.rstrip('/')}/api/publish",
         json={"channel": channel, "data": data},
-        headers={"Authorization": f"Bearer {token}"},
+        headers=headers,
         timeout=timeout,
     )
     response.raise_for_status()

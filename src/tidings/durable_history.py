@@ -193,11 +193,11 @@ class DurableHistoryBroker:
         """Close the inner broker."""
         await self.inner.close()
 
-    async def publish(self, channel: str, body: bytes) -> Publication:
+    async def publish(self, channel: str, body: bytes, *, idempotency_key: str | None = None) -> Publication:
         """Publish; on a durable channel, store the publication before returning (a failure is logged, counted
         and shows as a gap in later replays; the publication itself has gone out)."""
-        pub = await self.inner.publish(channel, body)
-        if self.history.durable(channel):
+        pub = await self.inner.publish(channel, body, idempotency_key=idempotency_key)
+        if self.history.durable(channel) and not getattr(pub, "duplicate", False):
             try:
                 await self.history.store(pub)
             except Exception:

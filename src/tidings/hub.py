@@ -5,13 +5,41 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import orjson
+
 from tidings.broker.base import Publication
 from tidings.connection import Connection
+from tidings.messages import COPIES_PREFIX
 
 if TYPE_CHECKING:
     from tidings.connection import UserId
 
-__all__ = ["Hub"]
+
+__all__ = ["Hub", "earlier_copies"]
+
+
+def earlier_copies(pub: Publication) -> tuple[str, ...]:
+    """The channels listed before ``pub.channel`` in an event published on several channels at once.
+
+    Such an event's body starts with ``{"copies":[...]`` (channel names never contain ``]``), so a plain
+    publication costs one ``startswith``.
+    """
+    payload = pub.frame.payload
+    if not payload.startswith(COPIES_PREFIX):
+        return ()
+    end = payload.find(b"]", len(COPIES_PREFIX))
+    try:
+        copies = orjson.loads(payload[len(COPIES_PREFIX) - 1 : end + 1])
+    except orjson.JSONDecodeError:
+        return ()
+    if pub.channel not in copies:
+        return ()
+    return tuple(copies[: copies.index(pub.channel)])
+
+
+def _has_earlier(conn: Connection, earlier: tuple[str, ...]) -> bool:
+    subs = conn.subscriptions
+    return any(channel in subs for channel in earlier)
 
 
 class Hub:
@@ -90,17 +118,28 @@ class Hub:
         last = since
         for pub in (*history, *held):
             if pub.offset > last:
-                conn.enqueue(pub.frame)
+                earlier = earlier_copies(pub)
+                if not earlier or not _has_earlier(conn, earlier):
+                    conn.enqueue(pub.frame)
                 last = pub.offset
         return last
 
     def deliver(self, pub: Publication) -> None:
-        """Hand one publication's frame to every local subscriber of its channel."""
+        """Hand one publication's frame to every local subscriber of its channel.
+
+        A copy of an event published on several channels skips the connections subscribed to a channel listed
+        before this one: they get (or got) that channel's copy, so each connection receives the event once.
+        """
         subs = self.subscribers.get(pub.channel)
         if not subs:
             return
         held = self._recovering.get(pub.channel)
         frame = pub.frame
+        earlier = earlier_copies(pub)
+        if earlier:
+            skip = [self.subscribers[ch] for ch in earlier if ch in self.subscribers]
+            if skip:
+                subs = {conn: None for conn in subs if not any(conn in other for other in skip)}
         if held is None:
             for conn in subs:
                 conn.enqueue(frame)

@@ -29,15 +29,35 @@ from tidings.broker import (
 )
 from tidings.channels import CONTROL_CHANNEL, ChannelRules, InvalidPublication, disconnect_command
 from tidings.connection import Connection, ConnectionState, UserId, UserInfo
+from tidings.errors import TidingsError
 from tidings.hooks import ABNORMAL_CLOSE, ConnInfo, Hooks, StatusProvider
 from tidings.hub import Hub
+from tidings.messages import (
+    ConnectionEstablished,
+    ErrorCode,
+    Ping,
+    Pong,
+    Presence,
+    PresenceReply,
+    PresenceUser,
+    Publish,
+    PublishAck,
+    RequestStatus,
+    StatusUpdate,
+    Subscribe,
+    SubscriptionConfirmed,
+    SubscriptionError,
+    Unsubscribe,
+    Unsubscribed,
+    event_body,
+    publication_body,
+)
 from tidings.protocol import (
     ClientMessage,
     CloseCode,
-    ErrorCode,
+    Frame,
     ProtocolError,
-    encode,
-    error_message,
+    error_reply,
     parse_client_message,
 )
 from tidings.rooms import RoomRegistry, UserLimits
@@ -52,7 +72,7 @@ logger = logging.getLogger("tidings.node")
 _CORE = ("broadcast", "admins")
 
 
-class ConnectionRejected(Exception):
+class ConnectionRejected(TidingsError):
     """A connection that must be closed right after the handshake (code and reason for the client)."""
 
     def __init__(self, code: int, reason: str) -> None:
@@ -86,6 +106,8 @@ class Node:
             node_lease_ttl=s.node_lease_ttl,
             history_budget_bytes=s.history_budget_bytes,
             max_channels=s.max_channels,
+            idempotency_ttl=s.idempotency_ttl,
+            idempotency_max_keys=s.idempotency_max_keys,
         )
         self.authenticator = authenticator
         self.authenticate_hook = authenticate
@@ -173,27 +195,40 @@ class Node:
             self.hub.deliver(pub)
 
     # ---- publishing ------------------------------------------------------------------------------------
-    async def publish(self, channel: str, data: Any) -> Publication:
+    async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> Publication:
         """Publish ``data`` on ``channel``: subscribers get ``{"type": "publication", "channel", "data", ...}``.
 
         If the channel's namespace has a ``model``, ``data`` (a dict or a model instance) must satisfy it:
-        :class:`~tidings.channels.InvalidPublication` (a ``ValueError`` naming the field) otherwise."""
+        :class:`~tidings.channels.InvalidPublication` (a ``ValueError`` naming the field) otherwise.
+        With ``idempotency_key``, a repeat of the key on the channel within ``TIDINGS_IDEMPOTENCY_TTL`` (cluster-wide
+        with Redis) delivers nothing and returns the original offset (``duplicate`` True): retry a publish whose
+        outcome is unknown (a timeout) with the same key.
+        """
         if self.rules.has_models:
             data = self.rules.validate(channel, data)
-        return await self._publish(channel, data)
+        return await self._publish(channel, data, idempotency_key)
 
-    async def _publish(self, channel: str, data: Any) -> Publication:
-        # ``timestamp``: the server's time of the publication (seconds since the epoch, UTC); clients show it
-        # instead of the time the message happened to arrive (a backlog, a recovery, a reload)
-        body = {"type": "publication", "channel": channel, "data": data, "timestamp": time.time()}
-        return await self.broker.publish(channel, encode(body))
+    async def _publish(self, channel: str, data: Any, idempotency_key: str | None = None) -> Publication:
+        body = publication_body(channel, data)
+        return await self.broker.publish(channel, body, idempotency_key=idempotency_key)
 
-    async def publish_event(self, channels: str | Iterable[str], event: dict[str, Any]) -> list[Publication]:
-        """Publish a typed event (its own ``type``) on one or more channels; adds ``channel`` to each copy."""
-        if isinstance(channels, str):
-            channels = (channels,)
+    async def publish_event(
+        self, channels: str | Iterable[str], event: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> list[Publication]:
+        """Publish a typed event (its own ``type``) on one or more channels; adds ``channel`` to each copy.
+
+        Published on several channels at once, each copy lists them all in ``copies`` and every connection
+        receives one copy only: the one of the first listed channel it is subscribed to. ``idempotency_key``
+        applies to each channel (see :meth:`publish`).
+        """
+        channels = [channels] if isinstance(channels, str) else list(channels)
         event = {"timestamp": time.time(), **event}
-        return [await self.broker.publish(ch, encode({**event, "channel": ch})) for ch in channels]
+        event.pop("copies", None)
+        copies = channels if len(channels) > 1 else None
+        return [
+            await self.broker.publish(ch, event_body(event, ch, copies), idempotency_key=idempotency_key)
+            for ch in channels
+        ]
 
     async def broadcast(self, message: str, category: str = "general", start_time: str | None = None) -> Publication:
         """Send a ``system_notification`` to every connected client on every node."""
@@ -372,16 +407,8 @@ class Node:
         channels = ["broadcast", f"user:{user.id}"]
         if self.rules.is_admin(user):
             channels.append("admins")
-        conn.send(
-            {
-                "type": "connection_established",
-                "user_id": user.id,
-                "username": user.username,
-                "role": user.role,
-                "message": "Connected to real-time updates",
-                "channels": channels,
-            }
-        )
+        welcome = ConnectionEstablished(user_id=user.id, username=user.username, role=user.role, channels=channels)
+        conn.enqueue(Frame.of_message(welcome))
         for channel in channels:
             await self._subscribe(conn, channel, position=False)
         if expires_at is not None:
@@ -497,7 +524,7 @@ class Node:
             msg = parse_client_message(text)
         except ProtocolError as exc:
             if conn.allow_message():
-                conn.send(error_message(exc.code, exc.message, exc.msg_id))
+                conn.enqueue(Frame.of_message(error_reply(exc.code, exc.message, exc.msg_id, exc.field)))
             else:
                 self._rate_limited(conn, exc.msg_id)
             return
@@ -508,103 +535,91 @@ class Node:
             await self._dispatch(conn, msg)
             return
         except ProtocolError as exc:
-            reply = error_message(exc.code, exc.message, exc.msg_id)
+            reply = error_reply(exc.code, exc.message, exc.msg_id, exc.field)
         except BrokerUnavailable:
-            reply = error_message(ErrorCode.UNAVAILABLE, "Broker unavailable; try again shortly", msg.id)
+            reply = error_reply(ErrorCode.UNAVAILABLE, "Broker unavailable; try again shortly", msg.id)
         except orjson.JSONEncodeError as exc:  # client data the encoder refuses (nested too deep): one line, no trace
             logger.warning("refused a message from %s: data cannot be encoded (%s)", conn, exc)
-            reply = error_message(ErrorCode.BAD_REQUEST, f"Data cannot be encoded as JSON: {exc}", msg.id)
+            reply = error_reply(ErrorCode.BAD_REQUEST, f"Data cannot be encoded as JSON: {exc}", msg.id)
         except Exception:
             logger.exception("error serving a message from %s", conn)
-            reply = error_message(ErrorCode.BAD_REQUEST, "Internal error serving this message", msg.id)
-        conn.send(reply)
+            reply = error_reply(ErrorCode.BAD_REQUEST, "Internal error serving this message", msg.id)
+        conn.enqueue(Frame.of_message(reply))
 
     def _rate_limited(self, conn: Connection, msg_id: Any) -> None:
         """Refuse one message over the rate limit; close with 4002 a client that keeps flooding."""
         if conn.rate_strikes > conn.rate_burst:
             conn.close(CloseCode.RATE_LIMITED, "Rate limit exceeded")
             return
-        conn.send(error_message(ErrorCode.RATE_LIMITED, "Too many messages; slow down", msg_id))
+        conn.enqueue(Frame.of_message(error_reply(ErrorCode.RATE_LIMITED, "Too many messages; slow down", msg_id)))
 
     async def _dispatch(self, conn: Connection, msg: ClientMessage) -> None:
-        reply: dict[str, Any]
-        joined = False
-        if msg.type == "ping":
-            reply = {"type": "pong", "timestamp": time.time()}
-        elif msg.type == "subscribe":
-            reply = await self._on_subscribe(conn, msg)
-            joined = reply["type"] == "subscription_confirmed" and "epoch" in reply
-        elif msg.type == "unsubscribe":
-            reply = await self._on_unsubscribe(conn, msg)
-        elif msg.type == "publish":
-            reply = await self._on_publish(conn, msg)
-        elif msg.type == "presence":
-            reply = await self._on_presence(conn, msg)
-        else:  # request_status
-            reply = await self._status(conn.user)
-        if msg.id is not None:
-            reply["id"] = msg.id
-        conn.send(reply)
-        if joined and msg.channel is not None:
-            await self._join_presence(conn, msg.channel)
-        if reply["type"] == "subscription_confirmed" and self.hooks.on_subscribe:
+        reply: Any
+        joined: str | None = None
+        match msg:
+            case Ping():
+                reply = Pong(timestamp=time.time(), id=msg.id)
+            case Subscribe():
+                reply = await self._on_subscribe(conn, msg)
+                if isinstance(reply, SubscriptionConfirmed) and reply.epoch is not None:
+                    joined = msg.subscription
+            case Unsubscribe():
+                reply = await self._on_unsubscribe(conn, msg)
+            case Publish():
+                reply = await self._on_publish(conn, msg)
+            case Presence():
+                reply = await self._on_presence(conn, msg)
+            case RequestStatus():
+                reply = await self._status(conn.user, msg.id)
+        conn.enqueue(Frame.of_message(reply))
+        if joined is not None:
+            await self._join_presence(conn, joined)
+        if isinstance(reply, SubscriptionConfirmed) and self.hooks.on_subscribe:
             meta = self._conn_meta.get(conn.id)
             if meta is not None:
-                await self.hooks.fire(self.hooks.on_subscribe, conn.user, meta[0], reply["subscription"])
+                await self.hooks.fire(self.hooks.on_subscribe, conn.user, meta[0], reply.subscription)
 
-    async def _on_subscribe(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
-        channel = msg.channel or ""
+    async def _on_subscribe(self, conn: Connection, msg: Subscribe) -> SubscriptionConfirmed | SubscriptionError:
+        channel = msg.subscription
         policy = self.rules.policy(channel)
         if policy is None or not await self.rules.may_subscribe(conn.user, channel):
             code = ErrorCode.INVALID_SUBSCRIPTION if policy is None else ErrorCode.FORBIDDEN
-            return {
-                "type": "subscription_error",
-                "subscription": channel,
-                "code": str(code),
-                "message": f"Invalid subscription: {channel}",
-            }
+            return SubscriptionError(
+                subscription=channel, code=code, message=f"Invalid subscription: {channel}", id=msg.id
+            )
         if policy.client_publish:
             refused = self._admit_room(conn.user, channel)
             if refused is not None:
-                return {
-                    "type": "subscription_error",
-                    "subscription": channel,
-                    "code": str(refused.code),
-                    "message": refused.message,
-                }
-        reply: dict[str, Any] = {"type": "subscription_confirmed", "subscription": channel}
+                return SubscriptionError(subscription=channel, code=refused.code, message=refused.message, id=msg.id)
         if policy.own_events_alias and not self.rules.is_admin(conn.user):
-            reply["scope"] = f"user:{conn.user.id}"
-            return reply
-        since = None
-        if msg.since_offset is not None and msg.since_epoch is not None:
-            since = (msg.since_offset, msg.since_epoch)
+            return SubscriptionConfirmed(subscription=channel, scope=f"user:{conn.user.id}", id=msg.id)
+        since = (msg.since.offset, msg.since.epoch) if msg.since is not None else None
         if channel in conn.subscriptions:
             if since is None:
                 offset, epoch = await self.broker.position(channel)
-                return {**reply, "offset": offset, "epoch": epoch}
+                return SubscriptionConfirmed(subscription=channel, offset=offset, epoch=epoch, id=msg.id)
             self.hub.unsubscribe(conn, channel)  # resubscribe below, with recovery
         elif len(conn.subscriptions) >= self.settings.max_subscriptions:
-            return {
-                "type": "subscription_error",
-                "subscription": channel,
-                "code": str(ErrorCode.TOO_MANY_SUBSCRIPTIONS),
-                "message": f"Too many subscriptions (limit {self.settings.max_subscriptions})",
-            }
+            return SubscriptionError(
+                subscription=channel,
+                code=ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                message=f"Too many subscriptions (limit {self.settings.max_subscriptions})",
+                id=msg.id,
+            )
         position = await self._subscribe(conn, channel, since)
-        return {**reply, **position}
+        return SubscriptionConfirmed(subscription=channel, id=msg.id, **position)
 
-    async def _on_unsubscribe(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
-        channel = msg.channel or ""
+    async def _on_unsubscribe(self, conn: Connection, msg: Unsubscribe) -> Unsubscribed:
+        channel = msg.subscription
         if channel not in conn.subscriptions or channel in ("broadcast", "admins", f"user:{conn.user.id}"):
             raise ProtocolError(ErrorCode.NOT_FOUND, f"Not subscribed: {channel}", msg.id)
         await self._leave_presence(conn, channel)
         if self.hub.unsubscribe(conn, channel):
             await self.broker.unsubscribe(channel)
-        return {"type": "unsubscribed", "subscription": channel}
+        return Unsubscribed(subscription=channel, id=msg.id)
 
-    async def _on_publish(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
-        channel = msg.channel or ""
+    async def _on_publish(self, conn: Connection, msg: Publish) -> PublishAck:
+        channel = msg.channel
         if not await self.rules.may_publish(conn.user, channel):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Publishing to {channel} is not allowed", msg.id)
         try:
@@ -615,11 +630,11 @@ class Node:
         if refused is not None:
             raise refused
         data = {"user": conn.user.public(), "body": validated}
-        body = encode({"type": "publication", "channel": channel, "data": data, "timestamp": time.time()})
+        body = publication_body(channel, data)
         if not self.user_limits.allow_bytes(conn.user.id, len(body)):
             raise ProtocolError(ErrorCode.RATE_LIMITED, "Publish byte rate exceeded; slow down", msg.id)
         pub = await self.broker.publish(channel, body)
-        return {"type": "publish_ack", "channel": channel, "offset": pub.offset, "epoch": pub.epoch}
+        return PublishAck(channel=channel, offset=pub.offset, epoch=pub.epoch, id=msg.id)
 
     def _admit_room(self, user: UserInfo, channel: str, msg_id: Any = None) -> ProtocolError | None:
         """Let ``user`` use the chat room ``channel``, creating it if this node does not know it yet.
@@ -649,16 +664,19 @@ class Node:
         self.rooms.add(channel)
         return None
 
-    async def _on_presence(self, conn: Connection, msg: ClientMessage) -> dict[str, Any]:
-        channel = msg.channel or ""
+    async def _on_presence(self, conn: Connection, msg: Presence) -> PresenceReply:
+        channel = msg.subscription
         if self.rules.policy(channel) is None or not await self.rules.may_subscribe(conn.user, channel):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Presence of {channel} is not available", msg.id)
         page = await self.presence_page(channel, msg.cursor or 0, msg.limit or 1000)
-        return {"type": "presence", "subscription": channel, **page}
+        users = [PresenceUser.model_validate(u) for u in page["users"]]
+        return PresenceReply(
+            subscription=channel, users=users, count=page["count"], cursor=page["cursor"], id=msg.id
+        )
 
-    async def _status(self, user: UserInfo) -> dict[str, Any]:
+    async def _status(self, user: UserInfo, msg_id: str | int | None = None) -> StatusUpdate:
         stats = await self.stats()
-        status: dict[str, Any] = {"type": "status_update"}
+        status: dict[str, Any] = {}
         if self.hooks.status_providers:
             status.update(await self.hooks.status(user))
         status.update(
@@ -669,4 +687,5 @@ class Node:
                 "my_connections": self.hub.user_connection_count(user.id),
             }
         )
-        return status
+        status.pop("type", None)
+        return StatusUpdate(**status, id=msg_id)

@@ -1,7 +1,9 @@
-"""The wire protocol: close codes, error codes, parsing of client messages and encoding of replies.
+"""The wire protocol's core: parsing of client messages, errors, encoding and framing.
 
-Pure functions and data, no I/O: text in, a validated :class:`ClientMessage` (or a :class:`ProtocolError`) out;
-dicts in, JSON bytes out. ``docs/protocol.md`` is the reference for every message here.
+Pure functions and data, no I/O: text in, a validated message model (:mod:`tidings.messages`) or a
+:class:`ProtocolError` out; models or dicts in, JSON bytes and WebSocket frames out. The close codes live in
+:mod:`tidings.close_codes` (re-exported here); docs/protocol.md and ``GET /asyncapi.json`` are generated from the
+models.
 """
 
 from __future__ import annotations
@@ -10,22 +12,28 @@ import re
 import threading
 import time
 import zlib
-from dataclasses import dataclass
-from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ValidationError
+
+from tidings.close_codes import CloseAction, CloseCode
+from tidings.errors import TidingsError
+from tidings.messages import CLIENT_MESSAGES, ClientMessage, Error, ErrorCode, encode_message
 
 __all__ = [
     "CHANNEL_RE",
     "ClientMessage",
+    "CloseAction",
     "CloseCode",
     "ErrorCode",
     "Frame",
     "ProtocolError",
     "deflate_message",
     "encode",
+    "encode_message",
     "error_message",
+    "error_reply",
     "parse_client_message",
     "with_position",
     "ws_text_frame",
@@ -34,98 +42,49 @@ __all__ = [
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9_\-:.@]{1,128}$")
 
 
-class CloseCode(IntEnum):
-    """WebSocket close codes the server uses; :meth:`reconnect` tells a client whether to come back."""
+class ProtocolError(TidingsError):
+    """A client message that cannot be served; becomes an ``error`` reply, the connection stays open.
 
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    SLOW_CONSUMER = 4000
-    IDLE_TIMEOUT = 4001
-    RATE_LIMITED = 4002
-    TOKEN_EXPIRED = 4003
-    PERMISSIONS_CHANGED = 4004  #: the user's role changed: reconnect to get the new rights
+    ``field`` names the offending field of a ``bad_request`` (``subscription``, ``since.offset``).
+    """
 
-    @property
-    def reconnect(self) -> bool:
-        """True when a client should reconnect after this close (and recover from history)."""
-        return self in {
-            CloseCode.GOING_AWAY,
-            CloseCode.INTERNAL_ERROR,
-            CloseCode.SLOW_CONSUMER,
-            CloseCode.IDLE_TIMEOUT,
-            CloseCode.RATE_LIMITED,
-            CloseCode.TOKEN_EXPIRED,
-            CloseCode.PERMISSIONS_CHANGED,
-        }
-
-
-class ErrorCode(StrEnum):
-    """Machine-readable ``code`` of an ``error`` or ``subscription_error`` reply."""
-
-    INVALID_JSON = "invalid_json"
-    UNKNOWN_TYPE = "unknown_type"
-    BAD_REQUEST = "bad_request"
-    FORBIDDEN = "forbidden"
-    INVALID_SUBSCRIPTION = "invalid_subscription"
-    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
-    RATE_LIMITED = "rate_limited"
-    NOT_FOUND = "not_found"
-    UNAVAILABLE = "unavailable"
-
-
-class ProtocolError(Exception):
-    """A client message that cannot be served; becomes an ``error`` reply, the connection stays open."""
-
-    def __init__(self, code: ErrorCode, message: str, msg_id: Any = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, msg_id: Any = None, *, field: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.msg_id = msg_id
+        self.field = field
 
 
-KNOWN_TYPES = frozenset({"ping", "subscribe", "unsubscribe", "request_status", "publish", "presence"})
+KNOWN_TYPES = frozenset(CLIENT_MESSAGES)
+
+#: How a pydantic error type reads in a ``bad_request`` message: ``'<field>' <text>``.
+_ERROR_TEXT = {
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "greater_than_equal": "must be a non-negative integer",
+    "less_than_equal": "is too large",
+    "model_type": "must be an object",
+    "dict_type": "must be an object",
+}
 
 
-@dataclass(frozen=True, slots=True)
-class ClientMessage:
-    """A validated client message."""
-
-    type: str
-    id: Any = None
-    channel: str | None = None
-    data: Any = None
-    since_offset: int | None = None
-    since_epoch: str | None = None
-    cursor: int | None = None  # presence: members after this user id
-    limit: int | None = None  # presence: page size
-
-
-def _channel_field(obj: dict[str, Any], msg_type: str, msg_id: Any, *keys: str) -> str:
-    for key in keys:
-        if key in obj:
-            value = obj[key]
-            if not isinstance(value, str):
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{key}' must be a string", msg_id)
-            return value
-    raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{keys[0]}' is required for {msg_type}", msg_id)
-
-
-def _presence_message(obj: dict[str, Any], msg_id: Any, channel: str) -> ClientMessage:
-    """``presence`` with its optional ``cursor`` (a user id from the previous page) and ``limit`` (1-1000)."""
-    values: dict[str, int | None] = {}
-    for key, low, high in (("cursor", 0, 2**63 - 1), ("limit", 1, 1000)):
-        value = obj.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{key}' must be an integer from {low} to {high}", msg_id)
-        values[key] = value
-    return ClientMessage(type="presence", id=msg_id, channel=channel, cursor=values["cursor"], limit=values["limit"])
+def _bad_request(error: ValidationError, msg_type: str, msg_id: Any) -> ProtocolError:
+    first = error.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or "type"
+    if first["type"] == "missing":
+        text = f"'{field}' is required for {msg_type}"
+    else:
+        text = f"'{field}' {_ERROR_TEXT.get(first['type'], first['msg'][0].lower() + first['msg'][1:])}"
+    return ProtocolError(ErrorCode.BAD_REQUEST, text, msg_id, field=field)
 
 
 def parse_client_message(text: str | bytes) -> ClientMessage:
-    """Parse and validate one inbound text frame; raise :class:`ProtocolError` on bad input."""
+    """Parse and validate one inbound text frame into its model; raise :class:`ProtocolError` on bad input.
+
+    Errors, in this order: ``invalid_json``; ``bad_request`` (not an object, or a bad ``id``); ``unknown_type``
+    (echoing the ``id``); ``bad_request`` naming the first offending field (``field`` in the reply).
+    """
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -134,30 +93,15 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "A message must be a JSON object")
     msg_id = obj.get("id")
     if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, str | int)):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'id' must be a string or an integer")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'id' must be a string or an integer", field="id")
     msg_type = obj.get("type")
-    if msg_type not in KNOWN_TYPES:
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"Unknown message type: {msg_type}", msg_id)
-    if msg_type in {"ping", "request_status"}:
-        return ClientMessage(type=msg_type, id=msg_id)
-    if msg_type == "publish":
-        channel = _channel_field(obj, msg_type, msg_id, "channel", "subscription")
-        if "data" not in obj:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "'data' is required for publish", msg_id)
-        return ClientMessage(type=msg_type, id=msg_id, channel=channel, data=obj["data"])
-    channel = _channel_field(obj, msg_type, msg_id, "subscription", "channel")
-    if msg_type == "presence":
-        return _presence_message(obj, msg_id, channel)
-    if msg_type != "subscribe" or obj.get("since") is None:
-        return ClientMessage(type=msg_type, id=msg_id, channel=channel)
-    since = obj["since"]
-    offset = since.get("offset") if isinstance(since, dict) else None
-    epoch = since.get("epoch") if isinstance(since, dict) else None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or not isinstance(epoch, str):
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, '\'since\' must be {"offset": non-negative integer, "epoch": string}', msg_id
-        )
-    return ClientMessage(type=msg_type, id=msg_id, channel=channel, since_offset=offset, since_epoch=epoch)
+    model = CLIENT_MESSAGES.get(msg_type) if isinstance(msg_type, str) else None
+    if model is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"Unknown message type: {msg_type}", msg_id, field="type")
+    try:
+        return model.model_validate(obj)  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise _bad_request(exc, str(msg_type), msg_id) from None
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -165,12 +109,14 @@ def encode(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(obj)
 
 
-def error_message(code: ErrorCode, message: str, msg_id: Any = None, **extra: Any) -> dict[str, Any]:
-    """The ``error`` reply for a failed client message."""
-    reply: dict[str, Any] = {"type": "error", "code": str(code), "message": message, **extra}
-    if msg_id is not None:
-        reply["id"] = msg_id
-    return reply
+def error_reply(code: ErrorCode, message: str, msg_id: Any = None, field: str | None = None) -> Error:
+    """The ``error`` reply (a model) for a failed client message."""
+    return Error(code=code, message=message, id=msg_id, field=field)
+
+
+def error_message(code: ErrorCode, message: str, msg_id: Any = None, field: str | None = None) -> dict[str, Any]:
+    """The ``error`` reply for a failed client message, as a dict."""
+    return error_reply(code, message, msg_id, field).model_dump(mode="json", exclude_none=True)
 
 
 def now() -> float:
@@ -198,6 +144,11 @@ class Frame:
     def of(cls, obj: dict[str, Any]) -> Frame:
         """Encode a message dict into a frame."""
         return cls(orjson.dumps(obj))
+
+    @classmethod
+    def of_message(cls, message: BaseModel) -> Frame:
+        """Encode a message model into a frame."""
+        return cls(encode_message(message))
 
     @property
     def text(self) -> str:

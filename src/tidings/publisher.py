@@ -32,7 +32,8 @@ from tidings.broker.keys import Keys
 from tidings.broker.redis_scripts import PUBLISH, body_head
 from tidings.broker.urls import BrokerURL, is_redis_url, parse_broker_url
 from tidings.channels import CONTROL_CHANNEL, disconnect_command
-from tidings.protocol import CHANNEL_RE, encode
+from tidings.messages import event_body, publication_body
+from tidings.protocol import CHANNEL_RE
 from tidings.settings import Settings
 
 __all__ = ["Publisher", "SyncPublisher"]
@@ -44,17 +45,26 @@ class _Messages:
     """What to publish: the same JSON bodies as :class:`tidings.node.Node` builds (one encode per channel)."""
 
     def __init__(
-        self, prefix: str, history_size: int, history_ttl: int, history_max_bytes: int, target: BrokerURL
+        self,
+        prefix: str,
+        history_size: int,
+        history_ttl: int,
+        history_max_bytes: int,
+        target: BrokerURL,
+        idempotency_ttl: int = 300,
     ) -> None:
         self.keys = Keys(prefix)
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.history_max_bytes = history_max_bytes
+        self.idempotency_ttl = idempotency_ttl
         self.command = target.publish_command
         self.check = "1" if target.mode != "redis" else "0"
 
-    def script_call(self, channel: str, body: bytes) -> tuple[list[str], list[EncodableT]]:
-        """``(keys, args)`` of the publish script for ``body`` on ``channel``."""
+    def script_call(
+        self, channel: str, body: bytes, idempotency_key: str | None = None
+    ) -> tuple[list[str], list[EncodableT]]:
+        """``(keys, args)`` of the publish script for ``body`` on ``channel`` (and an idempotency key)."""
         if not CHANNEL_RE.match(channel):
             raise ValueError(f"Invalid channel name: {channel!r}")
         args: list[EncodableT] = [
@@ -66,20 +76,26 @@ class _Messages:
             self.command,
             self.check,
         ]
-        return self.keys.stream(channel), args
+        keys = self.keys.stream(channel)
+        if idempotency_key is not None:
+            keys.append(self.keys.idem(channel, idempotency_key))
+            args.append(self.idempotency_ttl)
+        return keys, args
 
     @staticmethod
     def publication(channel: str, data: Any) -> bytes:
         """``{"type": "publication", "channel", "data", "timestamp"}`` (server time, seconds since the epoch)."""
-        return encode({"type": "publication", "channel": channel, "data": data, "timestamp": time.time()})
+        return publication_body(channel, data)
 
     @staticmethod
     def events(channels: str | Iterable[str], event: dict[str, Any]) -> list[tuple[str, bytes]]:
-        """One body per channel: ``event`` plus ``channel`` (and ``timestamp`` if missing)."""
-        if isinstance(channels, str):
-            channels = (channels,)
-        event.setdefault("timestamp", time.time())
-        return [(ch, encode({**event, "channel": ch})) for ch in channels]
+        """One body per channel: ``event`` plus ``channel`` (and ``timestamp`` if missing); with several
+        channels, ``copies`` lists them all (each connection receives one copy, as from a node)."""
+        channels = [channels] if isinstance(channels, str) else list(channels)
+        event = {"timestamp": time.time(), **event}
+        event.pop("copies", None)
+        copies = channels if len(channels) > 1 else None
+        return [(ch, event_body(event, ch, copies)) for ch in channels]
 
     @staticmethod
     def system_notification(message: str, category: str, start_time: str | None) -> dict[str, Any]:
@@ -100,8 +116,8 @@ class _Messages:
 
 
 def _result(channel: str, reply: Any) -> dict[str, Any]:
-    offset, epoch = reply
-    return {"channel": channel, "offset": int(offset), "epoch": epoch.decode()}
+    offset, epoch, *seen = reply
+    return {"channel": channel, "offset": int(offset), "epoch": epoch.decode(), "duplicate": bool(seen)}
 
 
 def _target(url: str) -> BrokerURL:
@@ -116,7 +132,9 @@ def _target(url: str) -> BrokerURL:
 class Publisher:
     """Async publisher: ``await publish(...)``, ``await publish_event(...)``; ``await close()`` at the end.
 
-    Results are ``{"channel", "offset", "epoch"}`` dicts (a list of them for :meth:`publish_event`).
+    Results are ``{"channel", "offset", "epoch", "duplicate"}`` dicts (a list of them for :meth:`publish_event`).
+    Pass ``idempotency_key`` to make a retry safe: a repeat of the key on a channel within ``idempotency_ttl``
+    seconds (``TIDINGS_IDEMPOTENCY_TTL``) publishes nothing and returns the original offset, ``duplicate`` True.
     """
 
     def __init__(
@@ -127,9 +145,10 @@ class Publisher:
         history_size: int = 1000,
         history_ttl: int = 86400,
         history_max_bytes: int = 1 << 20,
+        idempotency_ttl: int = 300,
     ) -> None:
         target = _target(url)
-        self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target)
+        self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target, idempotency_ttl)
         self._client: Any = target.async_client(socket_timeout=5.0, socket_connect_timeout=2.0)
         self._script = self._client.register_script(PUBLISH)
 
@@ -143,23 +162,26 @@ class Publisher:
             history_size=s.history_size,
             history_ttl=s.history_ttl,
             history_max_bytes=s.history_max_bytes,
+            idempotency_ttl=s.idempotency_ttl,
         )
 
-    async def _publish(self, channel: str, body: bytes) -> dict[str, Any]:
-        keys, args = self._messages.script_call(channel, body)
+    async def _publish(self, channel: str, body: bytes, key: str | None = None) -> dict[str, Any]:
+        keys, args = self._messages.script_call(channel, body, key)
         try:
             reply = await self._script(keys=keys, args=args)
         except _ERRORS as exc:
             raise BrokerUnavailable(f"Redis unavailable: {exc}") from exc
         return _result(channel, reply)
 
-    async def publish(self, channel: str, data: Any) -> dict[str, Any]:
+    async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> dict[str, Any]:
         """Publish ``data``: subscribers get ``{"type": "publication", "channel", "data", "offset", "epoch"}``."""
-        return await self._publish(channel, self._messages.publication(channel, data))
+        return await self._publish(channel, self._messages.publication(channel, data), idempotency_key)
 
-    async def publish_event(self, channels: str | Iterable[str], event: dict[str, Any]) -> list[dict[str, Any]]:
+    async def publish_event(
+        self, channels: str | Iterable[str], event: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> list[dict[str, Any]]:
         """Publish a typed event (its own ``type``) on each channel, adding ``channel`` and ``timestamp``."""
-        return [await self._publish(ch, body) for ch, body in self._messages.events(channels, event)]
+        return [await self._publish(ch, body, idempotency_key) for ch, body in self._messages.events(channels, event)]
 
     async def broadcast(self, message: str, category: str = "general", start_time: str | None = None) -> dict[str, Any]:
         """A ``system_notification`` to every connection on every node."""
@@ -192,7 +214,8 @@ class Publisher:
 class SyncPublisher:
     """Blocking publisher for Celery tasks and scripts (redis-py's sync client, the same Lua script).
 
-    Thread-safe (redis-py's connection pool); create one per worker process and reuse it.
+    Thread-safe (redis-py's connection pool); create one per worker process and reuse it. ``idempotency_key``
+    works as in :class:`Publisher`: a Celery task retried after a timeout passes the same key.
     """
 
     def __init__(
@@ -203,9 +226,10 @@ class SyncPublisher:
         history_size: int = 1000,
         history_ttl: int = 86400,
         history_max_bytes: int = 1 << 20,
+        idempotency_ttl: int = 300,
     ) -> None:
         target = _target(url)
-        self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target)
+        self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target, idempotency_ttl)
         self._client: Any = target.sync_client(socket_timeout=5.0, socket_connect_timeout=2.0)
         self._script = self._client.register_script(PUBLISH)
 
@@ -219,23 +243,26 @@ class SyncPublisher:
             history_size=s.history_size,
             history_ttl=s.history_ttl,
             history_max_bytes=s.history_max_bytes,
+            idempotency_ttl=s.idempotency_ttl,
         )
 
-    def _publish(self, channel: str, body: bytes) -> dict[str, Any]:
-        keys, args = self._messages.script_call(channel, body)
+    def _publish(self, channel: str, body: bytes, key: str | None = None) -> dict[str, Any]:
+        keys, args = self._messages.script_call(channel, body, key)
         try:
             reply = self._script(keys=keys, args=args)
         except _ERRORS as exc:
             raise BrokerUnavailable(f"Redis unavailable: {exc}") from exc
         return _result(channel, reply)
 
-    def publish(self, channel: str, data: Any) -> dict[str, Any]:
+    def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> dict[str, Any]:
         """Publish ``data``: subscribers get ``{"type": "publication", "channel", "data", "offset", "epoch"}``."""
-        return self._publish(channel, self._messages.publication(channel, data))
+        return self._publish(channel, self._messages.publication(channel, data), idempotency_key)
 
-    def publish_event(self, channels: str | Iterable[str], event: dict[str, Any]) -> list[dict[str, Any]]:
+    def publish_event(
+        self, channels: str | Iterable[str], event: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> list[dict[str, Any]]:
         """Publish a typed event (its own ``type``) on each channel, adding ``channel`` and ``timestamp``."""
-        return [self._publish(ch, body) for ch, body in self._messages.events(channels, event)]
+        return [self._publish(ch, body, idempotency_key) for ch, body in self._messages.events(channels, event)]
 
     def broadcast(self, message: str, category: str = "general", start_time: str | None = None) -> dict[str, Any]:
         """A ``system_notification`` to every connection on every node."""

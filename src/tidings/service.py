@@ -29,10 +29,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from tidings.api.rest import build_rest_router
 from tidings.api.ws import websocket_routes
+from tidings.asyncapi import asyncapi_document
 from tidings.auth import Authenticate
 from tidings.broker import Broker, Publication
 from tidings.channels import CONTROL_CHANNEL, ChannelRules, Namespace
@@ -113,11 +115,28 @@ class Tidings:
         router.include_router(build_rest_router(self.node))
         router.routes.extend(websocket_routes(self.node))
 
+        @router.get("/asyncapi.json", tags=["protocol"], response_model=None)
+        async def asyncapi(request: Request) -> JSONResponse:
+            """The AsyncAPI 3.0 document of the WebSocket protocol (messages, auth, namespaces, close codes)."""
+            return JSONResponse(self.asyncapi(request.url.netloc, "wss" if request.url.scheme == "https" else "ws"))
+
         @router.get("/metrics", tags=["ops"], include_in_schema=False)
         async def metrics() -> Response:
             return Response(render_metrics(self.node), media_type="text/plain; version=0.0.4; charset=utf-8")
 
         return router
+
+    def asyncapi(self, host: str = "localhost:8000", scheme: str = "ws") -> dict[str, Any]:
+        """The AsyncAPI 3.0 document of this hub's WebSocket protocol (served at ``GET /asyncapi.json``)."""
+        from tidings import __version__
+
+        return asyncapi_document(
+            version=__version__,
+            host=host,
+            scheme=scheme,
+            rules=self.node.rules,
+            token_cookie=getattr(self.settings, "token_cookie", None) or None,
+        )
 
     # ---- declaring -----------------------------------------------------------------------------------------
     def namespace(self, name: str, namespace: Namespace | None = None) -> Namespace:

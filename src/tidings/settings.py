@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     durable_history_size: int = Field(1000, ge=1, description="Messages the database keeps per durable channel.")
     stats_interval: float = Field(2.0, ge=0.2, description="Seconds between a node's stats_update events.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest HTTP request body; larger gets 413.")
+    idempotency_ttl: int = Field(
+        300, ge=1, description="Seconds a publish's idempotency key is remembered (a repeat returns the original)."
+    )
+    idempotency_max_keys: int = Field(
+        100_000, ge=1, description="Idempotency keys the memory broker remembers (oldest forgotten first)."
+    )
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -200,14 +200,22 @@ class JobEvents:
 
 
 async def collect_job(
-    ws: ClientConnection, job_id: int, channel: str, *, timeout: float = 120.0, until: tuple[str, ...] = ()
+    ws: ClientConnection,
+    job_id: int,
+    channel: str,
+    *,
+    timeout: float = 120.0,
+    until: tuple[str, ...] = (),
+    backlog: list[dict[str, Any]] | None = None,
 ) -> JobEvents:
-    """Read until ``job_id``'s final event on ``channel`` (or one of ``until``), sorting what arrives."""
+    """Read until ``job_id``'s final event on ``channel`` (or one of ``until``), sorting what arrives;
+    ``backlog`` holds messages already read (by :func:`subscribe`), sorted first."""
     seen = JobEvents()
     final = ("job_completed", "job_failed", *until)
     deadline = time.monotonic() + timeout
+    pending = list(backlog or ())
     while True:
-        msg = await recv_json(ws, max(0.1, deadline - time.monotonic()))
+        msg = pending.pop(0) if pending else await recv_json(ws, max(0.1, deadline - time.monotonic()))
         if msg.get("type") == "property_notification" and msg.get("channel") == "property_updates":
             seen.properties.append(msg)
         elif msg.get("type") == "job_update" and msg.get("job_id") == job_id and msg.get("channel") == channel:
@@ -232,8 +240,9 @@ def check_job_stream(events: list[dict[str, Any]], total: int, every: int = 10) 
     assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
 
 
-async def subscribe(ws: ClientConnection, channel: str) -> dict[str, Any]:
-    """Subscribe and return the reply (``subscription_confirmed`` or ``subscription_error``)."""
+async def subscribe(ws: ClientConnection, channel: str, backlog: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Subscribe and return the reply (``subscription_confirmed`` or ``subscription_error``); other messages
+    read meanwhile are appended to ``backlog`` (dropped without one)."""
     import json
 
     await ws.send(json.dumps({"type": "subscribe", "subscription": channel}))
@@ -241,6 +250,8 @@ async def subscribe(ws: ClientConnection, channel: str) -> dict[str, Any]:
         msg = await recv_json(ws, 10)
         if msg.get("type") in ("subscription_confirmed", "subscription_error") and msg.get("subscription") == channel:
             return msg
+        if backlog is not None:
+            backlog.append(msg)
 
 
 __all__ = [

@@ -16,7 +16,7 @@ from starlette.routing import WebSocketRoute
 
 from tidings.connection import Connection
 from tidings.node import ConnectionRejected, Node
-from tidings.protocol import CloseCode, ErrorCode, Frame, error_message
+from tidings.protocol import CloseCode, ErrorCode, Frame, error_reply
 from tidings.transport import ASGITransport, Transport
 
 __all__ = ["TRANSPORT_EXTENSION", "WebSocketEndpoint", "websocket_routes"]
@@ -31,8 +31,10 @@ Send = Callable[[Message], Awaitable[None]]
 #: ASGI scope extension a server may offer: a callable returning a raw :class:`Transport` for this socket.
 TRANSPORT_EXTENSION = "tidings.transport"
 
-_BINARY_REFUSED = Frame.of(error_message(ErrorCode.BAD_REQUEST, "Binary frames are not supported; send JSON text"))
-_RATE_LIMITED = Frame.of(error_message(ErrorCode.RATE_LIMITED, "Too many messages; slow down"))
+_BINARY_REFUSED = Frame.of_message(
+    error_reply(ErrorCode.BAD_REQUEST, "Binary frames are not supported; send JSON text")
+)
+_RATE_LIMITED = Frame.of_message(error_reply(ErrorCode.RATE_LIMITED, "Too many messages; slow down"))
 
 
 def _refuse_binary(conn: Connection) -> None:

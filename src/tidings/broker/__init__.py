@@ -46,6 +46,8 @@ def create_broker(
     history_budget_bytes: int = 32 << 20,
     max_channels: int = 10_000,
     node_lease_ttl: float = 6.0,
+    idempotency_ttl: int = 300,
+    idempotency_max_keys: int = 100_000,
 ) -> Broker:
     """Build the broker named by ``url`` (``memory://``, ``redis://``, ``redis+sentinel://``, ``redis+cluster://``).
 
@@ -59,6 +61,8 @@ def create_broker(
             history_max_bytes=history_max_bytes,
             history_budget_bytes=history_budget_bytes,
             max_channels=max_channels,
+            idempotency_ttl=idempotency_ttl,
+            idempotency_max_keys=idempotency_max_keys,
         )
     if is_redis_url(url):
         from tidings.broker.redis import RedisBroker
@@ -71,6 +75,7 @@ def create_broker(
             history_max_bytes=history_max_bytes,
             presence_ttl=presence_ttl,
             node_lease_ttl=node_lease_ttl,
+            idempotency_ttl=idempotency_ttl,
         )
     raise ValueError(
         f"Unsupported broker URL: {url!r} (expected memory://, redis://, redis+sentinel://host:port/service "

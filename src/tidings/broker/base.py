@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from tidings.errors import BrokerUnavailable
 from tidings.protocol import Frame
 
 if TYPE_CHECKING:
@@ -40,10 +41,6 @@ __all__ = [
 ]
 
 
-class BrokerUnavailable(Exception):
-    """The broker cannot be reached; publishing fails loudly instead of dropping (HTTP 503)."""
-
-
 @dataclass(slots=True)
 class Publication:
     """One message published on a channel: its position in the channel's stream and its encoded frame."""
@@ -52,6 +49,8 @@ class Publication:
     offset: int
     epoch: str
     frame: Frame
+    #: True when the publish repeated an idempotency key: the original position, nothing was delivered.
+    duplicate: bool = False
 
 
 @dataclass(slots=True)
@@ -111,8 +110,12 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Stop delivering and release connections."""
 
-    async def publish(self, channel: str, body: bytes) -> Publication:
-        """Give ``body`` (an encoded JSON object) the channel's next offset, store it in history, fan it out."""
+    async def publish(self, channel: str, body: bytes, *, idempotency_key: str | None = None) -> Publication:
+        """Give ``body`` (an encoded JSON object) the channel's next offset, store it in history, fan it out.
+
+        With ``idempotency_key``, a repeat of the key on the channel within the broker's idempotency TTL stores and
+        delivers nothing and returns the original offset and epoch (``duplicate`` True).
+        """
 
     async def subscribe(self, channel: str) -> None:
         """Start receiving the channel's publications on this node."""

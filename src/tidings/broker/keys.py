@@ -6,6 +6,7 @@ Cluster shard) and a script can touch them together; node-wide data (the registr
     P:{<channel>}:meta     hash    e = epoch, o = last offset, b = bytes in history    EXPIRE history_ttl
     P:{<channel>}:hist     stream  entry id "<offset>-0", field p = the final JSON bytes  (trimmed by count and bytes)
     P:{<channel>}:pub      pub/sub channel (SPUBLISH in cluster mode) carrying the final JSON bytes
+    P:{<channel>}:idem:<K> string  "<offset> <epoch>" of the publish with idempotency key K   EX idempotency_ttl
     P:{<channel>}:pconn    hash    node.conn -> user id             (presence: one field per connection)
     P:{<channel>}:pcount   hash    user id -> connections in the channel
     P:{<channel>}:pusers   zset    user id scored by user id        (member count = ZCARD, pages by score)
@@ -59,6 +60,10 @@ class Keys:
     def pub(self, channel: str) -> str:
         """The channel's pub/sub channel."""
         return self._ch(channel, "pub")
+
+    def idem(self, channel: str, key: str) -> str:
+        """An idempotency key's record on the channel (``"<offset> <epoch>"``, EX idempotency_ttl; same slot)."""
+        return self._ch(channel, f"idem:{key}")
 
     def stream(self, channel: str) -> list[str]:
         """KEYS of the publish and recover scripts: meta, hist, pub."""

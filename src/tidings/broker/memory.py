@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tidings.broker.base import HistoryResult, Publication, PublicationHandler
+from tidings.broker.idempotency import IdempotencyCache
 from tidings.protocol import Frame, with_position
 
 if TYPE_CHECKING:
@@ -57,7 +58,10 @@ class MemoryBroker:
         history_max_bytes: int = 1 << 20,
         history_budget_bytes: int = 32 << 20,
         max_channels: int = 10_000,
+        idempotency_ttl: float = 300.0,
+        idempotency_max_keys: int = 100_000,
     ) -> None:
+        self.idempotency = IdempotencyCache(idempotency_ttl, idempotency_max_keys)
         self.history_size = history_size
         #: ``channel -> size`` (None: ``history_size``): a namespace's own history size, set by the node
         self.history_limit: Callable[[str], int | None] | None = None
@@ -165,8 +169,15 @@ class MemoryBroker:
             self._forget(channel, stream)
 
     # ---- broker interface ------------------------------------------------------------------------------
-    async def publish(self, channel: str, body: bytes) -> Publication:
-        """Assign the next offset, keep the publication in history and deliver it to the node."""
+    async def publish(self, channel: str, body: bytes, *, idempotency_key: str | None = None) -> Publication:
+        """Assign the next offset, keep the publication in history and deliver it to the node.
+
+        A repeated ``idempotency_key`` (within ``idempotency_ttl``) returns the original position, delivering nothing.
+        """
+        if idempotency_key is not None:
+            seen = self.idempotency.get(channel, idempotency_key)
+            if seen is not None:
+                return Publication(channel, seen[0], seen[1], Frame(with_position(body, *seen)), duplicate=True)
         stream = self._stream(channel)
         stream.offset += 1
         stream.last_publish = time.monotonic()
@@ -187,6 +198,8 @@ class MemoryBroker:
                 stream.nbytes = 0
             self._trim(stream, size)
             self._enforce_budget()
+        if idempotency_key is not None:
+            self.idempotency.put(channel, idempotency_key, stream.offset, stream.epoch)
         if self._handler is not None and channel in self._subscribed:
             self._handler(pub)
         return pub

@@ -118,8 +118,10 @@ class RedisBroker:
         reconnect_delay: float = 0.2,
         reconnect_max_delay: float = 5.0,
         command_timeout: float = 5.0,
+        idempotency_ttl: int = 300,
     ) -> None:
         self.url = url
+        self.idempotency_ttl = idempotency_ttl
         self.target = parse_broker_url(url)
         self.prefix = prefix
         self.history_size = history_size
@@ -258,17 +260,24 @@ class RedisBroker:
         return f"{self.node_id}.{conn_id}"
 
     # ---- publishing and history ------------------------------------------------------------------------
-    async def publish(self, channel: str, body: bytes) -> Publication:
-        """Run the publish script: offset, history, ``(S)PUBLISH`` of the final bytes, atomically."""
+    async def publish(self, channel: str, body: bytes, *, idempotency_key: str | None = None) -> Publication:
+        """Run the publish script: offset, history, ``(S)PUBLISH`` of the final bytes, atomically.
+
+        With ``idempotency_key`` the script first looks the key up (cluster-wide, in the channel's slot): a repeat
+        within ``idempotency_ttl`` returns the original position and publishes nothing.
+        """
         head = lua.body_head(body)
         size = None if self.history_limit is None else self.history_limit(channel)
         size = self.history_size if size is None else size
         args: list[EncodableT] = [head, new_epoch(), size, self.history_ttl, self.history_max_bytes]
         args += [self._cmd, self._check]
         keys = self.keys.stream(channel)
-        offset, epoch = await self._call(lambda: self._publish(keys=keys, args=args))
+        if idempotency_key is not None:
+            keys.append(self.keys.idem(channel, idempotency_key))
+            args.append(self.idempotency_ttl)
+        offset, epoch, *seen = await self._call(lambda: self._publish(keys=keys, args=args))
         payload = b'%s"offset":%d,"epoch":"%s"}' % (head, offset, epoch)
-        return Publication(channel, int(offset), epoch.decode(), Frame(payload))
+        return Publication(channel, int(offset), epoch.decode(), Frame(payload), duplicate=bool(seen))
 
     async def position(self, channel: str) -> tuple[int, str]:
         """The channel's latest offset and epoch (creates the channel's metadata, and epoch, if missing).

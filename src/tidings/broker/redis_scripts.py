@@ -88,13 +88,22 @@ end
 # Offset assignment, history append (bounded by count and bytes) and fan-out in one atomic step.
 # KEYS: meta, hist, pub. ARGV: body_head(body), epoch for a new stream, history_size, history_ttl,
 # history_max_bytes (0: no byte bound), 'PUBLISH' or 'SPUBLISH', '1' to start a new epoch after a failover.
-# Returns {offset, epoch}. The epoch is created with the channel's metadata; if the metadata was lost (TTL, a Redis
+# Returns {offset, epoch}. Optional KEYS[4] (an idempotency key's record) with ARGV[8] (its TTL): when the key was
+# seen within its TTL nothing is stored or published and the original {offset, epoch, 1} is returned.
+# The epoch is created with the channel's metadata; if the metadata was lost (TTL, a Redis
 # restart without persistence, a failover that lost it) the next publish starts a new epoch at offset 1 and drops
 # any stale history. History keeps the newest entries whose total size is at most history_max_bytes: the oldest
 # are removed first (a publication larger than the bound is not kept at all).
 PUBLISH = (
     _GENERATION
     + """
+if KEYS[4] then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local sep = string.find(seen, ' ', 1, true)
+    return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 1}
+  end
+end
 local epoch = current_epoch(ARGV[7])
 if not epoch then
   epoch = ARGV[2]
@@ -119,6 +128,9 @@ if size > 0 then
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call(ARGV[6], KEYS[3], payload)
+if KEYS[4] then
+  redis.call('SET', KEYS[4], offset .. ' ' .. epoch, 'EX', tonumber(ARGV[8]))
+end
 return {offset, epoch}
 """
 )

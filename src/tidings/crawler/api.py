@@ -24,6 +24,7 @@ from tidings.crawler.config import PlatformSettings
 from tidings.crawler.egress import EgressPolicy, check_target
 from tidings.crawler.models import FINAL_STATUSES, CrawlJob, JobStatus
 from tidings.db import Database
+from tidings.errors import TidingsError
 from tidings.node import Node
 
 
@@ -47,7 +48,7 @@ class PlatformApi(Protocol):
         """The crawl egress policy."""
 
 
-class DispatchError(Exception):
+class DispatchError(TidingsError):
     """A job could not be handed to a worker (Celery's broker unreachable); the job is marked failed."""
 
 

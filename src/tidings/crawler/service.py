@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from tidings.connection import UserInfo
+from tidings.crawler import events as _events  # noqa: F401  (registers the platform events)
 from tidings.crawler import store
 from tidings.crawler.api import DispatchError, build_platform_router
 from tidings.crawler.channels import platform_namespaces

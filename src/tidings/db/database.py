@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tidings.auth import Credentials
 from tidings.connection import UserInfo
 from tidings.db.models import RevokedToken, User, utcnow
+from tidings.errors import TidingsError
 from tidings.files import ensure_private_file
 from tidings.users.passwords import PasswordPool
 
@@ -31,7 +32,7 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 USERS_HEAD = "users@head"
 
 
-class DuplicateUser(Exception):
+class DuplicateUser(TidingsError):
     """A user with that name exists already."""
 
 

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import Route
 
 from tidings.api.deps import user_dependency
-from tidings.broker import BrokerUnavailable
+from tidings.api.errors import TidingsRoute
 from tidings.connection import UserInfo
 from tidings.durable_history import DurableHistoryBroker, Replay
 from tidings.node import Node
@@ -36,7 +36,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 def build_dashboard_router(node: Node) -> APIRouter:
     """The dashboard's pages and JSON endpoints, bound to ``node``."""
-    router = APIRouter()
+    router = APIRouter(route_class=TidingsRoute)
     viewer = Annotated[UserInfo, Depends(user_dependency(node))]
 
     @router.get("/login", include_in_schema=False)
@@ -81,22 +81,20 @@ def build_dashboard_router(node: Node) -> APIRouter:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "Give both since_epoch and since_offset")
         broker = node.broker
         stored = broker.history if isinstance(broker, DurableHistoryBroker) else None
-        try:
-            offset, epoch = await broker.position(channel)
-            if stored is not None and stored.durable(channel):
-                if since_epoch is not None and since_offset is not None:
-                    replay = await stored.after(channel, since_epoch, since_offset, limit)
-                else:
-                    replay = await stored.latest(channel, limit)
-                return _history(channel, offset, epoch, replay, durable=True)
+        # BrokerUnavailable: 503 (TidingsRoute)
+        offset, epoch = await broker.position(channel)
+        if stored is not None and stored.durable(channel):
             if since_epoch is not None and since_offset is not None:
-                result = await broker.recover(channel, since_offset, since_epoch)
-                messages = [orjson.loads(pub.frame.payload) for pub in result.publications[-limit:]]
-                complete = result.recovered and len(result.publications) <= limit
-                return _history(channel, result.offset, result.epoch, Replay(messages, complete), durable=False)
-            result = await broker.recover(channel, max(0, offset - limit), epoch)
-        except BrokerUnavailable:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Broker unavailable") from None
+                replay = await stored.after(channel, since_epoch, since_offset, limit)
+            else:
+                replay = await stored.latest(channel, limit)
+            return _history(channel, offset, epoch, replay, durable=True)
+        if since_epoch is not None and since_offset is not None:
+            result = await broker.recover(channel, since_offset, since_epoch)
+            messages = [orjson.loads(pub.frame.payload) for pub in result.publications[-limit:]]
+            complete = result.recovered and len(result.publications) <= limit
+            return _history(channel, result.offset, result.epoch, Replay(messages, complete), durable=False)
+        result = await broker.recover(channel, max(0, offset - limit), epoch)
         messages = [orjson.loads(pub.frame.payload) for pub in result.publications]
         return _history(channel, result.offset, result.epoch, Replay(messages, True), durable=False)
 

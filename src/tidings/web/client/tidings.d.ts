@@ -130,6 +130,8 @@ export interface TerminalEvent {
   reason: string;
   /** True when maxReconnectAttempts was exhausted. */
   gaveUp?: boolean;
+  /** True when the user must sign in again (4003 token expired without a new token, 1008 authentication). */
+  signIn?: boolean;
   attempts?: number;
 }
 
@@ -230,22 +232,18 @@ export class TidingsClient {
 
 export default TidingsClient;
 
-/** Close codes named by the protocol. */
-export const CloseCode: Readonly<{
-  NORMAL: 1000;
-  GOING_AWAY: 1001;
-  ABNORMAL: 1006;
-  POLICY_VIOLATION: 1008;
-  MESSAGE_TOO_BIG: 1009;
-  INTERNAL_ERROR: 1011;
-  SLOW_CONSUMER: 4000;
-  IDLE_TIMEOUT: 4001;
-  RATE_LIMITED: 4002;
-  TOKEN_EXPIRED: 4500;
-}>;
-
-/** What the client does after a close with `code`. */
-export function closeAction(code: number): 'stop' | 'terminal' | 'pause' | 'reconnect';
+// The close-code table, generated from the server's (src/tidings/close_codes.py).
+export {
+  CLOSE_CODES,
+  CLOSE_RANGES,
+  CloseAction,
+  CloseCode,
+  CloseCodeInfo,
+  CloseRange,
+  closeAction,
+  closeInfo,
+  signsOut,
+} from './close-codes.js';
 
 /** Delay before reconnect attempt `attempt` (1-based), ms. */
 export function backoffDelay(

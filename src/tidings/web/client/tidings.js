@@ -8,11 +8,11 @@
  */
 
 import { backoffDelay } from './backoff.js';
-import { CloseCode, closeAction } from './close-codes.js';
+import { CloseCode, closeAction, signsOut } from './close-codes.js';
 import { Emitter } from './emitter.js';
 
 export { backoffDelay } from './backoff.js';
-export { CloseCode, closeAction } from './close-codes.js';
+export { CLOSE_CODES, CLOSE_RANGES, CloseCode, closeAction, closeInfo, signsOut } from './close-codes.js';
 
 const OPEN = 1; // WebSocket.OPEN, spelled out so that injected implementations need not define it.
 
@@ -151,6 +151,9 @@ export class TidingsClient {
   /** Pending request() promises: id -> {resolve, reject, timer, sent}. */
   #requests = new Map();
   #nextId = 0;
+  /** The token of the current (or last) connection, and the one that expired (4003) when refreshing. */
+  #tokenUsed = null;
+  #expiredToken = null;
 
   /**
    * @param {string | URL} url - ws:// or wss:// URL of the server's `/ws/authenticated` endpoint.
@@ -412,6 +415,15 @@ export class TidingsClient {
 
   #open(generation, token) {
     if (generation !== this.#generation) return; // disconnect() or another attempt happened meanwhile
+    if (this.#expiredToken !== null && token === this.#expiredToken) {
+      // The token function gave the token that expired again: no way back in without signing in.
+      const reason = 'Token expired';
+      this.#expiredToken = null;
+      this.#goOffline(CloseCode.TOKEN_EXPIRED, reason, null, { code: CloseCode.TOKEN_EXPIRED, reason, signIn: true });
+      return;
+    }
+    this.#tokenUsed = token ?? null;
+    this.#expiredToken = null;
     let socket;
     try {
       socket = token ? new this.#WebSocket(this.#url, ['bearer', String(token)]) : new this.#WebSocket(this.#url);
@@ -485,11 +497,16 @@ export class TidingsClient {
   /** The socket closed (or was abandoned) with `code`: stop, report or reconnect. */
   #closed(code, reason, wasClean) {
     this.#connectionLost();
-    const action = closeAction(code);
-    const retry = action === 'reconnect' || action === 'pause';
+    let action = closeAction(code, reason);
+    if (action === 'refresh') {
+      // The token expired: only a token function can give a new one (the same one again ends in terminal).
+      if (typeof this.#token === 'function' && this.#tokenUsed !== null) this.#expiredToken = this.#tokenUsed;
+      else action = 'terminal';
+    }
+    const retry = action === 'reconnect' || action === 'pause' || action === 'refresh';
     if (retry && this.#attempt < this.#opts.maxReconnectAttempts) {
       this.#attempt++;
-      const delay = backoffDelay(action === 'pause' ? Infinity : this.#attempt, {
+      const delay = action === 'refresh' ? 0 : backoffDelay(action === 'pause' ? Infinity : this.#attempt, {
         minDelay: this.#opts.minReconnectDelay,
         maxDelay: this.#opts.maxReconnectDelay,
         factor: this.#opts.reconnectFactor,
@@ -508,7 +525,7 @@ export class TidingsClient {
     }
     let terminal = null;
     if (retry) terminal = { code, reason, gaveUp: true, attempts: this.#attempt };
-    else if (action === 'terminal') terminal = { code, reason };
+    else if (action === 'terminal') terminal = { code, reason, signIn: signsOut(code, reason) };
     this.#goOffline(code, reason, { code, reason, wasClean, willReconnect: false }, terminal);
   }
 

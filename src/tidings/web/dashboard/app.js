@@ -203,10 +203,6 @@ function showBanner(text, { signIn = true } = {}) {
   banner.hidden = false;
 }
 
-// Close reasons (1008) that a new sign-in can fix; anything else (a refused Origin, too many connections) is a
-// configuration or usage problem, and the banner says what it is without sending the user to sign in.
-const AUTH_REASONS = ['Authentication required', 'Invalid token', 'Token expired', 'User not found or inactive', 'Token revoked'];
-
 // ---- the connection --------------------------------------------------------------------------------------
 const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/authenticated`;
 const client = new TidingsClient(wsUrl, {
@@ -237,14 +233,19 @@ client.on('state', ({ state }) => renderState(state));
 client.on('reconnecting', ({ attempt, delay }) => {
   $('#conn').title = `Reconnecting (attempt ${attempt}, in ${Math.round(delay / 100) / 10}s)`;
 });
-client.on('terminal', ({ code, reason }) => {
+client.on('terminal', ({ code, reason, signIn }) => {
   renderState('offline');
-  if (code === 1008 && /^Origin not allowed/.test(reason ?? '')) {
+  // signIn comes from the close-code table (close-codes.js, generated from the server's close_codes.py):
+  // 4003 token expired, 1008 authentication failures.
+  if (signIn) {
+    document.body.dataset.signIn = 'true';
+    showBanner(`Your session ended (${reason || 'not authorized'}): sign in again.`);
+  } else if (code === 1008 && /^Origin not allowed/.test(reason ?? '')) {
     showBanner(`Disconnected by the server: ${reason}, then restart the server.`, { signIn: false });
-  } else if (code === 1008 && reason && !AUTH_REASONS.some((r) => reason.startsWith(r))) {
+  } else if (code === 1008 && reason) {
     showBanner(`Disconnected: ${reason}.`, { signIn: false });
-  } else if (code === 1008 || code === 4500) {
-    showBanner(`Disconnected: ${reason || 'not authorized'}.`);
+  } else if (code === 1008) {
+    showBanner('Disconnected: not authorized.');
   } else {
     showBanner(`Disconnected (${code ?? 'no connection'}${reason ? `: ${reason}` : ''}).`);
   }

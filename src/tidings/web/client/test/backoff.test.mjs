@@ -39,9 +39,10 @@ test('jitter 0 gives the bare base delay whatever random returns', () => {
   assert.equal(backoffDelay(2, opts(0.99, { jitter: 0 })), 1000);
 });
 
-test('closeAction follows docs/protocol.md', () => {
+test('closeAction follows the close-code table', () => {
   assert.equal(closeAction(1000), 'stop');
   for (const code of [1008, 1009, 4500, 4501, 4999]) assert.equal(closeAction(code), 'terminal', String(code));
-  for (const code of [1001, 1005, 1006, 1011, 1012, 4000, 4001, 4499]) assert.equal(closeAction(code), 'reconnect', String(code));
+  for (const code of [1001, 1005, 1006, 1011, 1012, 1013, 4000, 4001, 4004, 4499]) assert.equal(closeAction(code), 'reconnect', String(code));
   assert.equal(closeAction(4002), 'pause');
+  assert.equal(closeAction(4003), 'refresh');
 });

@@ -133,14 +133,14 @@ test('close code 4002 (rate limited) reconnects after the longest delay', () => 
   assert.equal(WS.instances.length, 2);
 });
 
-for (const [code, reason] of [[1008, 'Invalid token'], [1009, 'Message too big'], [4500, 'Token expired'], [4999, 'custom']]) {
-  test(`close code ${code} is terminal: offline, terminal event, never retried`, () => {
+for (const [code, reason, signIn] of [[1008, 'Invalid token', true], [1008, 'Origin not allowed', false], [1009, 'Message too big', false], [4500, 'custom', false], [4999, 'custom', false]]) {
+  test(`close code ${code} (${reason}) is terminal: offline, terminal event, never retried`, () => {
     const { client, WS, clock, eventsNamed } = setup();
     client.connect();
     WS.instances[0].open();
     WS.instances[0].serverClose(code, reason);
     assert.equal(client.state, 'offline');
-    assert.deepEqual(eventsNamed('terminal'), [{ code, reason }]);
+    assert.deepEqual(eventsNamed('terminal'), [{ code, reason, signIn }]);
     assert.equal(eventsNamed('reconnecting').length, 0);
     assert.deepEqual(clock.pending(), []);
     clock.advance(10 * 60 * 1000);
@@ -248,5 +248,63 @@ test('connect timeout abandons a socket that never establishes', () => {
   assert.equal(WS.instances[0].closeCalls.length, 1);
   assert.equal(eventsNamed('disconnected')[0].reason, 'Connect timeout');
   clock.advance(500);
+  assert.equal(WS.instances.length, 2);
+});
+
+// ---- token expiry (4003): "sign in again", never a reconnect loop -------------------------------------------
+
+test('4003 token expired with a static token: terminal, sign in again, no reconnect', () => {
+  const { client, WS, clock, eventsNamed } = setup({ token: 'old.jwt' });
+  client.connect();
+  WS.instances[0].establish();
+  WS.instances[0].serverClose(4003, 'Token expired');
+  assert.equal(client.state, 'offline');
+  assert.deepEqual(eventsNamed('terminal'), [{ code: 4003, reason: 'Token expired', signIn: true }]);
+  clock.advance(10 * 60 * 1000);
+  assert.equal(WS.instances.length, 1);
+});
+
+test('4003 with a token function that returns the same token: terminal after no new socket', async () => {
+  const { client, WS, clock, eventsNamed } = setup({ token: () => 'old.jwt' });
+  client.connect();
+  WS.instances[0].establish();
+  WS.instances[0].serverClose(4003, 'Token expired');
+  clock.advance(0);
+  await flush();
+  assert.equal(client.state, 'offline');
+  assert.equal(WS.instances.length, 1, 'the expired token is never sent again');
+  assert.deepEqual(eventsNamed('terminal'), [{ code: 4003, reason: 'Token expired', signIn: true }]);
+  clock.advance(10 * 60 * 1000);
+  assert.equal(WS.instances.length, 1);
+});
+
+test('4003 with a token function that returns a fresh token: reconnects at once with it', async () => {
+  let n = 0;
+  const { client, WS, clock, eventsNamed } = setup({ token: () => `tok${++n}` });
+  client.connect();
+  WS.instances[0].establish();
+  WS.instances[0].serverClose(4003, 'Token expired');
+  clock.advance(0);
+  await flush();
+  assert.equal(WS.instances.length, 2);
+  assert.deepEqual(WS.instances[1].protocols, ['bearer', 'tok2']);
+  WS.instances[1].establish();
+  assert.equal(client.state, 'connected');
+  assert.equal(eventsNamed('terminal').length, 0);
+});
+
+test('a fresh token that the server refuses as expired (1008) ends in sign in again', async () => {
+  let n = 0;
+  const { client, WS, clock, eventsNamed } = setup({ token: () => `tok${++n}` });
+  client.connect();
+  WS.instances[0].establish();
+  WS.instances[0].serverClose(4003, 'Token expired');
+  clock.advance(0);
+  await flush();
+  WS.instances[1].open();
+  WS.instances[1].serverClose(1008, 'Token expired');
+  assert.equal(client.state, 'offline');
+  assert.deepEqual(eventsNamed('terminal'), [{ code: 1008, reason: 'Token expired', signIn: true }]);
+  clock.advance(10 * 60 * 1000);
   assert.equal(WS.instances.length, 2);
 });
