@@ -20,16 +20,38 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from tidings.channels import Namespace
+from tidings.messages import ChannelEvent, register_event
 from tidings.node import Node
 
-__all__ = ["STATS_CHANNEL", "StatsPusher", "node_counters"]
+__all__ = ["STATS_CHANNEL", "StatsPusher", "StatsUpdate", "node_counters"]
 
 logger = logging.getLogger("tidings.web.stats")
 
 STATS_CHANNEL = "dashboard_stats"
+
+
+@register_event
+class StatsUpdate(ChannelEvent):
+    """One node's figures for the dashboard, on ``dashboard_stats`` every ``TIDINGS_STATS_INTERVAL`` seconds."""
+
+    type: Literal["stats_update"] = "stats_update"
+    node: str = Field(description="the publishing node (rates: two events of the same node)")
+    interval: float
+    time: float
+    connections: int = Field(description="cluster total")
+    users: int = Field(description="cluster total")
+    node_connections: int
+    node_users: int
+    channels: int
+    publications: int = Field(description="this node's cumulative count")
+    deliveries: int = Field(description="this node's cumulative count")
+    messages_received: int = Field(description="this node's cumulative count")
+    timestamp: float
 
 
 def node_counters(node: Node) -> dict[str, Any]:
