@@ -149,6 +149,8 @@ _ROWS = (
         CloseAction.TERMINAL,
         "Policy violation: authentication, origin or connection limits; the reason says which",
         sign_in_reasons=AUTH_REASONS,
+        # the user's connection limit: a dead node's connections are released within seconds, so retry (slowly)
+        reason_actions=(("Too many connections", CloseAction.PAUSE),),
     ),
     CloseCodeInfo(
         CloseCode.MESSAGE_TOO_BIG,
@@ -156,7 +158,11 @@ _ROWS = (
         "Message too big (TIDINGS_MAX_MESSAGE_BYTES)",
     ),
     CloseCodeInfo(CloseCode.INTERNAL_ERROR, CloseAction.RECONNECT, "Internal server error"),
-    CloseCodeInfo(CloseCode.TRY_AGAIN_LATER, CloseAction.RECONNECT, "Try again later: the server is overloaded"),
+    CloseCodeInfo(
+        CloseCode.TRY_AGAIN_LATER,
+        CloseAction.RECONNECT,
+        "Try again later: the node or the client address is at its connection cap",
+    ),
     CloseCodeInfo(
         CloseCode.SLOW_CONSUMER,
         CloseAction.RECONNECT,

@@ -259,8 +259,7 @@ class StatusUpdate(_ServerBase):
     user_connections: int = Field(description="Connections across the cluster")
     users: int = Field(description="Connected users across the cluster")
     my_connections: int = Field(description="This user's connections on this node")
-    active_jobs: int = 0
-    total_properties: int = 0
+    # status providers add their own fields (the crawler platform: active_jobs, total_properties)
 
 
 class Error(_ServerBase):

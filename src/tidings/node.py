@@ -27,6 +27,7 @@ from tidings.broker import (
     ReapNotifier,
     create_broker,
 )
+from tidings.broker.base import presence_score
 from tidings.channels import CONTROL_CHANNEL, ChannelRules, InvalidPublication, disconnect_command
 from tidings.connection import Connection, ConnectionState, UserId, UserInfo
 from tidings.errors import TidingsError
@@ -261,9 +262,9 @@ class Node:
         if isinstance(self.broker, CountedPresence):
             page = await self.broker.presence_page(channel, after, limit)
             return {"users": page.users, "count": page.count, "cursor": page.cursor}
-        users = await self.broker.presence(channel)
-        rest = [u for u in users if int(u["user_id"]) > after]
-        cursor = int(rest[limit - 1]["user_id"]) if len(rest) > limit else None
+        users = sorted(await self.broker.presence(channel), key=lambda u: presence_score(u["user_id"]))
+        rest = [u for u in users if presence_score(u["user_id"]) > after]
+        cursor = presence_score(rest[limit - 1]["user_id"]) if len(rest) > limit else None
         return {"users": rest[:limit], "count": len(users), "cursor": cursor}
 
     async def stats(self) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import cProfile
 import gc
@@ -10,13 +11,16 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI
 from starlette.routing import Match, WebSocketRoute
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
 from tidings.api.bodies import BodyLimit
+from tidings.guard import ConnectionGuard, ProxyTrust, fd_budget, guarded_protocols
 from tidings.logs import install_redaction
 from tidings.settings import Settings
 
@@ -118,24 +122,41 @@ def _websocket_routes(app: FastAPI) -> list[WebSocketRoute]:
     return [route for route in routes if type(route) is WebSocketRoute]
 
 
-def uvicorn_config(app: FastAPI, settings: Settings, host: str, port: int, **extra: object) -> uvicorn.Config:
-    """A uvicorn configuration carrying Tidings' WebSocket limits; request bodies capped (:class:`BodyLimit`)."""
-    ws: str | type = "auto"
+def uvicorn_config(
+    app: FastAPI, settings: Settings, host: str, port: int, *, guard: bool = True, **extra: object
+) -> uvicorn.Config:
+    """A uvicorn configuration carrying Tidings' limits: WebSocket sizes, request bodies (:class:`BodyLimit`),
+    and -- unless ``guard`` is False -- the handshake deadline and connection caps of :mod:`tidings.guard`."""
+    ws_class: type[asyncio.Protocol] | None = None
     if settings.fast_transport:
         try:
-            ws = importlib.import_module("tidings.fastws").TidingsWebSocketProtocol
+            ws_class = importlib.import_module("tidings.fastws").TidingsWebSocketProtocol
         except ImportError:
-            ws = "auto"
+            ws_class = None
+    fast = ws_class is not None
+    http_class: type[asyncio.Protocol] = AutoHTTPProtocol
+    if ws_class is None and AutoWebSocketsProtocol is not None:
+        ws_class = cast(type[asyncio.Protocol], AutoWebSocketsProtocol)
+    if guard and ws_class is not None:
+        connection_guard = ConnectionGuard(
+            max_connections=fd_budget(settings.max_connections),
+            max_per_ip=settings.max_connections_per_ip,
+            handshake_timeout=settings.handshake_timeout,
+            trusted_proxies=ProxyTrust(settings.forwarded_allow_ips),
+        )
+        http_class, ws_class = guarded_protocols(http_class, ws_class, connection_guard)
     http_app = BodyLimit(app, settings.max_body_bytes)
     return uvicorn.Config(
-        WebSocketFastLane(app, http=http_app) if ws != "auto" else http_app,
+        WebSocketFastLane(app, http=http_app) if fast else http_app,
         host=host,
         port=port,
-        ws=ws,
+        http=http_class,
+        ws=ws_class if ws_class is not None else "none",
         ws_max_size=settings.max_message_bytes,
         ws_per_message_deflate=settings.per_message_deflate,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         **extra,  # type: ignore[arg-type]
     )
 

@@ -76,7 +76,6 @@ class Settings(BaseSettings):
     publish_burst_bytes: int = Field(1 << 20, ge=1024, description="Publish byte burst of one user (per node).")
     per_message_deflate: bool = Field(False, description="Negotiate permessage-deflate compression.")
     fast_transport: bool = Field(True, description="Use Tidings' own uvicorn WebSocket protocol for fan-out.")
-    job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
     admin_username: str = Field("admin", description="Account created on first start with an empty database.")
     password_hash_workers: int = Field(2, ge=1, description="Threads hashing/verifying passwords (off the loop).")
     login_max_failures_per_ip: int = Field(
@@ -94,12 +93,29 @@ class Settings(BaseSettings):
     durable_history_size: int = Field(1000, ge=1, description="Messages the database keeps per durable channel.")
     stats_interval: float = Field(2.0, ge=0.2, description="Seconds between a node's stats_update events.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest HTTP request body; larger gets 413.")
+    handshake_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection may take to send its HTTP request or WebSocket upgrade."
+    )
+    max_connections: int = Field(10000, ge=1, description="Open TCP connections per node (tidings serve).")
+    max_connections_per_ip: int = Field(256, ge=1, description="Open connections per client IP (tidings serve).")
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Proxies whose X-Forwarded-For is believed (comma-separated IPs or networks; '*' for any).",
+    )
+
     idempotency_ttl: int = Field(
         300, ge=1, description="Seconds a publish's idempotency key is remembered (a repeat returns the original)."
     )
     idempotency_max_keys: int = Field(
         100_000, ge=1, description="Idempotency keys the memory broker remembers (oldest forgotten first)."
     )
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_ips(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -69,7 +69,7 @@ class Stats(BaseModel):
 class Me(BaseModel):
     """The user a token belongs to."""
 
-    user_id: int
+    user_id: int | str  # the host's ids may be strings (UUIDs)
     username: str
     role: str
 

@@ -14,7 +14,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from starlette.routing import WebSocketRoute
 
+from tidings.api.socket_limits import SocketLimits
 from tidings.connection import Connection
+from tidings.guard import ProxyTrust
 from tidings.node import ConnectionRejected, Node
 from tidings.protocol import CloseCode, ErrorCode, Frame, error_reply
 from tidings.transport import ASGITransport, Transport
@@ -94,9 +96,13 @@ def origin_refused_reason(origin: str) -> str:
 class WebSocketEndpoint:
     """One of ``/ws/authenticated`` and ``/ws/{user_id}`` (``match_path_user`` True for the latter)."""
 
-    def __init__(self, node: Node, *, match_path_user: bool = False) -> None:
+    def __init__(self, node: Node, *, match_path_user: bool = False, limits: SocketLimits | None = None) -> None:
         self.node = node
         self.match_path_user = match_path_user
+        s = node.settings
+        self.limits = limits or SocketLimits(
+            s.max_connections, s.max_connections_per_ip, ProxyTrust(s.forwarded_allow_ips)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         serving = asyncio.current_task()
@@ -108,22 +114,28 @@ class WebSocketEndpoint:
                 aborted = True
                 serving.cancel()
 
-        # the handshake's locals (headers, token, the accept message) live in _open's frame, gone once it returns:
-        # this coroutine's frame stays for the life of the connection
-        conn = await self._open(scope, receive, send, abort)
-        if conn is None:
-            return
+        slot = self.limits.acquire(scope)  # None: over the node's or this address's cap (closed with 1013)
         try:
-            await self._serve(conn, receive)
-        except asyncio.CancelledError:
-            if not aborted or serving is None:
-                raise
-            serving.uncancel()
+            # the handshake's locals (headers, token, the accept message) live in _open's frame, gone once it
+            # returns: this coroutine's frame stays for the life of the connection
+            conn = await self._open(scope, receive, send, abort, slot is not None)
+            if conn is None:
+                return
+            try:
+                await self._serve(conn, receive)
+            except asyncio.CancelledError:
+                if not aborted or serving is None:
+                    raise
+                serving.uncancel()
+            finally:
+                aborted = True  # from here on an abort must not interrupt the cleanup
+                await self.node.disconnect(conn)
         finally:
-            aborted = True  # from here on an abort must not interrupt the cleanup
-            await self.node.disconnect(conn)
+            self.limits.release(slot)
 
-    async def _open(self, scope: Scope, receive: Receive, send: Send, abort: Callable[[], None]) -> Connection | None:
+    async def _open(
+        self, scope: Scope, receive: Receive, send: Send, abort: Callable[[], None], within_limits: bool = True
+    ) -> Connection | None:
         """Accept, authenticate and register the connection; None if it was refused (and closed)."""
         message = await receive()
         if message["type"] != "websocket.connect":
@@ -138,6 +150,8 @@ class WebSocketEndpoint:
         factory = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
         transport: Transport = factory() if factory is not None else ASGITransport(send, on_abort=abort)
         try:
+            if not within_limits:
+                raise ConnectionRejected(CloseCode.TRY_AGAIN_LATER, "Try again later")
             origin = headers.get("origin")
             if not origin_allowed(origin, headers, node.settings.allowed_origins, scope["scheme"]):
                 rejected = node.reject("Origin not allowed")
@@ -181,8 +195,11 @@ class WebSocketEndpoint:
 
 
 def websocket_routes(node: Node) -> list[WebSocketRoute]:
-    """Routes for ``/ws/authenticated`` and ``/ws/{user_id}``."""
+    """Routes for ``/ws/authenticated`` and ``/ws/{user_id}`` (sharing one :class:`SocketLimits`)."""
+    authenticated = WebSocketEndpoint(node)
     return [
-        WebSocketRoute("/ws/authenticated", WebSocketEndpoint(node), name="ws_authenticated"),
-        WebSocketRoute("/ws/{user_id}", WebSocketEndpoint(node, match_path_user=True), name="ws_user"),
+        WebSocketRoute("/ws/authenticated", authenticated, name="ws_authenticated"),
+        WebSocketRoute(
+            "/ws/{user_id}", WebSocketEndpoint(node, match_path_user=True, limits=authenticated.limits), name="ws_user"
+        ),
     ]

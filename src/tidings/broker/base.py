@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -38,6 +39,7 @@ __all__ = [
     "ReapNotifier",
     "ReapedConnection",
     "ReapedHandler",
+    "presence_score",
 ]
 
 
@@ -171,3 +173,12 @@ class CountedPresence(Protocol):
 
     async def presence_page(self, channel: str, after: int = 0, limit: int = 100) -> PresencePage:
         """Members with a user id above ``after``, at most ``limit`` of them, and the member count."""
+
+
+def presence_score(user_id: UserId) -> int:
+    """The presence index score of a user: an int id itself; a str id (UUIDs...) a stable 52-bit hash above
+    2**52, so string ids page (in hash order) like int ones and scores stay exact in a double."""
+    if isinstance(user_id, int):
+        return user_id
+    digest = hashlib.sha1(str(user_id).encode(), usedforsecurity=False).digest()
+    return (1 << 52) + int.from_bytes(digest[:8], "big") % (1 << 52)

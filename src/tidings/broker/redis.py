@@ -49,6 +49,7 @@ from tidings.broker.base import (
     PublicationHandler,
     ReapedConnection,
     ReapedHandler,
+    presence_score,
 )
 from tidings.broker.keys import Keys
 from tidings.broker.redis_pubsub import Subscriber
@@ -87,6 +88,7 @@ def _is_failover_error(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, ResponseError) and text.startswith(("CLUSTERDOWN", "MASTERDOWN", "LOADING", "READONLY"))
+
 
 
 class RedisBroker:
@@ -576,7 +578,7 @@ class RedisBroker:
                         ReapedConnection(
                             node_id=node,
                             conn_id=conn.split(".", 1)[1] if "." in conn else conn,
-                            user_id=int(rec["user_id"]),
+                            user_id=dict(rec["info"]).get("user_id", rec["user_id"]),  # int or str, as given
                             info=dict(rec["info"]),
                             channels=[str(ch) for ch in rec["channels"]],
                         )
@@ -605,11 +607,11 @@ class RedisBroker:
     async def presence_join(self, channel: str, conn_id: str, info: dict[str, Any]) -> tuple[bool, int]:
         """Record a connection in the channel (O(1)); (True if its user was not present before, member count)."""
         conn_id = self._cluster_id(conn_id)
-        user_id = int(info["user_id"])
+        user_id = info["user_id"]
         value = orjson.dumps(info)
         self._local_presence.setdefault(channel, {})[conn_id] = (user_id, value)
         self._stale_presence.pop((channel, conn_id), None)
-        args: list[EncodableT] = [conn_id, user_id, value, self.presence_ttl * 1000]
+        args: list[EncodableT] = [conn_id, user_id, value, self.presence_ttl * 1000, presence_score(user_id)]
         await self._call(lambda: self.client.zadd(self.keys.index, {f"{conn_id}|{channel}": 0}))
         new, count = await self._call(lambda: self._pres_add(keys=self.keys.presence(channel), args=args))
         return bool(new), int(count)
@@ -649,7 +651,7 @@ class RedisBroker:
         limit = max(1, min(int(limit), 1000))
         reply = await self._call(lambda: self._pres_page(keys=self.keys.presence(channel)[2:], args=[after, limit]))
         users = [orjson.loads(value) for value in reply[1:]]
-        cursor = int(users[-1]["user_id"]) if len(users) == limit else None
+        cursor = presence_score(users[-1]["user_id"]) if len(users) == limit else None
         return PresencePage(users, int(reply[0]), cursor)
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:

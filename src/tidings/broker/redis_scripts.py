@@ -287,13 +287,14 @@ return {math.max(tonumber(v[1] or 0), 0), math.max(tonumber(v[2] or 0), 0)}
 """
 )
 
-# KEYS: pconn, pcount, pusers, pinfo. ARGV: node.conn, user_id, user JSON, ttl_ms. O(1) (ZADD: O(log n)).
+# KEYS: pconn, pcount, pusers, pinfo. ARGV: node.conn, user_id, user JSON, ttl_ms[, score]. O(1) (ZADD: O(log n)).
+# The score orders members for paging: the user id itself, or (string ids) the score the caller computed.
 # Returns {1 if the user had no connection in the channel before, member count}.
 PRESENCE_ADD = """
 local new = 0
 if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
-    redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[2])
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[5] or ARGV[2]), ARGV[2])
     redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
     new = 1
   end

@@ -1,7 +1,7 @@
 """Settings of the crawler platform: ``TIDINGS_*`` variables next to the hub's :class:`tidings.settings.Settings`.
 
-The hub's settings give the database (``TIDINGS_DATABASE_URL``), the broker (``TIDINGS_BROKER_URL``) and
-``TIDINGS_JOB_PROGRESS_EVERY``; these add what only the platform needs.
+The hub's settings give the database (``TIDINGS_DATABASE_URL``) and the broker (``TIDINGS_BROKER_URL``); these
+add what only the platform needs (``TIDINGS_JOB_PROGRESS_EVERY`` among them: the hub knows nothing of jobs).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class PlatformSettings(BaseSettings):
     )
     job_timeout: float = Field(3600.0, ge=0, description="Seconds a crawl may run before it is failed; 0: no limit.")
     max_target_urls: int = Field(20, ge=1, description="Most target URLs one job may have.")
+    job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
     crawl_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Hosts crawls may reach although the egress policy refuses them (host, host:port, *.suffix).",

@@ -54,7 +54,7 @@ class Platform:
             self.db,
             self.node,
             self.config,
-            progress_every=self.settings.job_progress_every,
+            progress_every=self.config.job_progress_every,
             worker=worker_name("server"),
             egress=self.egress_policy,
         )

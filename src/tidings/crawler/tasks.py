@@ -41,7 +41,7 @@ async def run_job(
             db,
             publisher,
             platform,
-            progress_every=settings.job_progress_every,
+            progress_every=platform.job_progress_every,
             worker=worker_name("celery"),
             egress=None if policy is None else (lambda: policy),
         )

@@ -44,5 +44,8 @@ test('closeAction follows the close-code table', () => {
   for (const code of [1008, 1009, 4500, 4501, 4999]) assert.equal(closeAction(code), 'terminal', String(code));
   for (const code of [1001, 1005, 1006, 1011, 1012, 1013, 4000, 4001, 4004, 4499]) assert.equal(closeAction(code), 'reconnect', String(code));
   assert.equal(closeAction(4002), 'pause');
+  assert.equal(closeAction(1008, 'Too many connections'), 'pause');
+  assert.equal(closeAction(1008, 'Invalid token'), 'terminal');
+  assert.equal(closeAction(1013, 'Try again later'), 'reconnect');
   assert.equal(closeAction(4003), 'refresh');
 });

@@ -105,7 +105,7 @@ test('attempt counter resets after connection_established, not after a bare open
   assert.deepEqual(eventsNamed('reconnecting').map((e) => e.delay), [500, 1000, 500]);
 });
 
-for (const code of [1001, 1006, 1011, 4000, 4001]) {
+for (const code of [1001, 1006, 1011, 1013, 4000, 4001]) {
   test(`close code ${code} reconnects`, () => {
     const { client, WS, clock, eventsNamed } = setup();
     client.connect();
@@ -131,6 +131,20 @@ test('close code 4002 (rate limited) reconnects after the longest delay', () => 
   assert.equal(WS.instances.length, 1);
   clock.advance(1);
   assert.equal(WS.instances.length, 2);
+});
+
+test('close 1008 "Too many connections" is retried after the longest delay, not terminal', () => {
+  const { client, WS, clock, eventsNamed } = setup();
+  client.connect();
+  WS.instances[0].open();
+  WS.instances[0].serverClose(1008, 'Too many connections');
+  assert.equal(client.state, 'reconnecting');
+  assert.equal(eventsNamed('terminal').length, 0);
+  assert.equal(eventsNamed('reconnecting')[0].delay, 30000);
+  clock.advance(30000);
+  assert.equal(WS.instances.length, 2);
+  WS.instances[1].establish();
+  assert.equal(client.state, 'connected');
 });
 
 for (const [code, reason, signIn] of [[1008, 'Invalid token', true], [1008, 'Origin not allowed', false], [1009, 'Message too big', false], [4500, 'custom', false], [4999, 'custom', false]]) {
