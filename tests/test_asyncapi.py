@@ -70,7 +70,8 @@ def _server_types_in_source() -> set[str]:
 
 
 def test_every_message_the_server_can_send_is_in_the_document() -> None:
-    import tidings.crawler.events  # noqa: F401
+    import tidings.crawler.events
+    import tidings.web.stats  # noqa: F401  (the dashboard's stats_update)
 
     doc = asyncapi_document(rules=ChannelRules())
     names = {m["name"] for key, m in doc["components"]["messages"].items() if key.startswith("server.")}
@@ -219,6 +220,10 @@ async def test_a_client_built_from_the_document_validates_every_real_reply(serve
             assert job.status_code in (200, 201, 202), job.text
             await _wait_for(inbox["ann"], lambda m: m["type"] == "job_update" and m["event"] == "job_completed", 180)
             await _wait_for(inbox["ann"], lambda m: m["type"] == "property_notification", 60)
+            # the dashboard's pushed figures
+            await send("ann", {"type": "subscribe", "subscription": "dashboard_stats", "id": "ds"})
+            await reply("ann", "ds")
+            await _wait_for(inbox["ann"], lambda m: m["type"] == "stats_update", 30)
         finally:
             for ws in sockets.values():
                 await ws.close()

@@ -187,6 +187,7 @@ async def test_publish_reaches_subscribers_only(srv: LiveServer) -> None:
         assert result["duplicate"] is False
         for ws in (sub1, sub2):
             msg = await recv_until(ws, "publication")
+            assert isinstance(msg.pop("timestamp"), float)  # the server's time of publication
             assert msg == {
                 "type": "publication",
                 "channel": "property:7",

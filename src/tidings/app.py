@@ -13,9 +13,12 @@ from fastapi.staticfiles import StaticFiles
 from tidings import __version__
 from tidings.api.errors import install_error_handlers
 from tidings.crawler.service import install_platform
+from tidings.durable_history import DurableHistory, DurableHistoryBroker
 from tidings.service import Tidings
 from tidings.settings import Settings
+from tidings.web.access_log import install_routine_request_filter
 from tidings.web.routes import mount_dashboard
+from tidings.web.stats import StatsPusher
 
 __all__ = ["create_app"]
 
@@ -34,10 +37,14 @@ class ClientFiles(StaticFiles):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the FastAPI application with its lifespan; ``app.state.tidings`` is the hub."""
     hub = Tidings(settings)
+    if hub.settings.durable_channels:  # chat rooms survive restarts: their publications are kept in the database
+        history = DurableHistory(hub.db, hub.settings.durable_channels, hub.settings.durable_history_size)
+        hub.node.broker = DurableHistoryBroker(hub.node.broker, history)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with hub.run(), platform.run():
+        install_routine_request_filter()  # successful GETs (the dashboard's) at DEBUG in the access log
+        async with hub.run(), platform.run(), stats.run():
             yield
 
     app = FastAPI(title="Tidings", version=__version__, lifespan=lifespan)
@@ -48,5 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     client_dir = WEB / "client"
     if client_dir.is_dir():
         app.mount("/static/client", ClientFiles(directory=client_dir), name="client")
+    stats = StatsPusher(hub.node, hub.settings.stats_interval)  # stats_update on dashboard_stats (tidings.web.stats)
+    StatsPusher.register(hub.node)
     mount_dashboard(app, hub.node)  # /login, /dashboard, /dashboard/static, JSON for charts (tidings.web.routes)
     return app

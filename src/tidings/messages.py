@@ -15,6 +15,7 @@ Events that applications add (the crawler's ``job_update``, a namespace's public
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -291,6 +292,7 @@ class Publication(ChannelEvent):
 
     type: Literal["publication"] = "publication"
     data: Any
+    timestamp: float = Field(description="Server time of the publication: seconds since the Unix epoch (UTC)")
 
 
 class SystemNotification(ChannelEvent):
@@ -382,7 +384,7 @@ COPIES_PREFIX = b'{"copies":['
 
 def publication_body(channel: str, data: Any) -> bytes:
     """The body of a :class:`Publication` before the broker appends ``offset``/``epoch`` (one orjson encode)."""
-    return orjson.dumps({"type": "publication", "channel": channel, "data": data})
+    return orjson.dumps({"type": "publication", "channel": channel, "data": data, "timestamp": time.time()})
 
 
 def event_body(event: dict[str, Any], channel: str, copies: Iterable[str] | None = None) -> bytes:

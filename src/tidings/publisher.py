@@ -84,7 +84,7 @@ class _Messages:
 
     @staticmethod
     def publication(channel: str, data: Any) -> bytes:
-        """``{"type": "publication", "channel", "data"}``."""
+        """``{"type": "publication", "channel", "data", "timestamp"}`` (server time, seconds since the epoch)."""
         return publication_body(channel, data)
 
     @staticmethod

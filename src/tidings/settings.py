@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     )
     login_failure_window: float = Field(60.0, gt=0, description="Seconds over which failed logins are counted.")
     log_level: str = Field("info", description="Log level of the tidings command.")
+    durable_channels: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["room"],
+        description="Namespaces whose publications are also stored in the database (comma-separated; empty: none).",
+    )
+    durable_history_size: int = Field(1000, ge=1, description="Messages the database keeps per durable channel.")
+    stats_interval: float = Field(2.0, ge=0.2, description="Seconds between a node's stats_update events.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest HTTP request body; larger gets 413.")
     handshake_timeout: float = Field(
         10.0, gt=0, description="Seconds a connection may take to send its HTTP request or WebSocket upgrade."
@@ -125,6 +131,13 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("durable_channels", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @cached_property

@@ -88,7 +88,7 @@ def test_login_broadcast_toast_and_charts(
     # Live charts fed by /api/stats and /api/dashboard/rates: two users connected, a rate measured.
     expect(ann.locator("#stat-connections")).to_have_text("2")
     expect(ann.locator("#stat-rate")).to_have_text(re.compile(r"^\d+(\.\d+)?$"))
-    assert ann.evaluate("() => Boolean(window.Chart) && document.querySelectorAll('canvas').length") == 2
+    assert ann.evaluate("() => Boolean(window.Chart) && document.querySelectorAll('#view-jobs canvas').length") == 2
     shot(ann, "dashboard-toast")
 
 

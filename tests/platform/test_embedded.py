@@ -6,6 +6,7 @@ Run against SQLite and PostgreSQL (``database_env``).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import Any
 
@@ -126,21 +127,38 @@ async def test_cancel_stops_the_spider_and_reports_it(server_factory: Any, datab
         await ws.close()
 
 
-async def test_shutdown_fails_running_jobs_and_a_restart_runs_pending_ones(server_factory: Any) -> None:
+async def _wait_final(server: LiveServer, job_id: int, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (found := (await api_get(server, "ann", f"/api/jobs/{job_id}")).json())["status"] in ("pending", "running"):
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(0.3)
+    result: dict[str, Any] = found
+    return result
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["shutdown", "crash"])
+async def test_restart_requeues_and_resumes_running_jobs_and_runs_pending_ones(
+    server_factory: Any, stop: signal.Signals
+) -> None:
     server: LiveServer = platform_server(server_factory, {"TIDINGS_CRAWL_SETTINGS": SLOW_CRAWL})
     ws = await ws_connect(server.ws_url(), server.token("ann"))
     try:
         hello = await recv_json(ws)
         running = await create_job(server, "ann", [site_url(server)])
-        await collect_job(ws, running["job_id"], f"user:{hello['user_id']}", until=("job_started",))
+        await collect_job(ws, running["job_id"], f"user:{hello['user_id']}", until=("job_progress",))
     finally:
         await ws.close()
-    server.stop()  # SIGTERM: a graceful shutdown
+    server.stop(stop)  # SIGTERM: a graceful shutdown; SIGKILL: the process dies with the job
 
+    reason = "interrupted: the server shut down" if stop == signal.SIGTERM else None
     db = Database(server.database_url)
     try:
         job = await store.get_job(db, running["job_id"])
-        assert job is not None and (job.status, job.error) == ("failed", "interrupted: the server shut down")
+        assert job is not None
+        if reason:  # the shutdown put it back in the queue itself
+            assert (job.status, job.resume_reason, job.error) == ("pending", reason, None)
+        else:  # nobody could: it is still "running" until the next start takes it back
+            assert job.status == "running"
         ann = await db.get_user("ann")
         assert ann is not None
         queued = await store.create_job(db, ann.id, "listings", ["http://127.0.0.1:9/"])
@@ -148,9 +166,30 @@ async def test_shutdown_fails_running_jobs_and_a_restart_runs_pending_ones(serve
         await db.dispose()
 
     server.start(timeout=120)
-    deadline = time.monotonic() + 120
-    path = f"/api/jobs/{queued.id}"
-    while (found := (await api_get(server, "ann", path)).json())["status"] in ("pending", "running"):
-        assert time.monotonic() < deadline, found
-        await asyncio.sleep(0.2)
+    found = await _wait_final(server, queued.id)
     assert found["status"] == "failed" and "Connection refused" in found["error"]
+    resumed = await _wait_final(server, running["job_id"])
+    assert resumed["status"] == "completed", resumed
+    assert resumed["resumed"] is True and resumed["attempts"] == 2
+    assert resumed["resume_reason"] == (reason or "interrupted: the server stopped unexpectedly")
+    assert resumed["items_scraped"] == summary().items_expected  # crawled again, items upserted by URL
+    assert len(resumed["executions"]) == 2
+    total = (await api_get(server, "ann", "/api/properties", limit=1)).json()["total"]
+    assert total == summary().items_expected
+
+
+async def test_job_interrupted_more_often_than_the_retry_limit_fails_with_the_reason(server_factory: Any) -> None:
+    env = {"TIDINGS_CRAWL_SETTINGS": SLOW_CRAWL, "TIDINGS_JOB_MAX_RETRIES": "1"}
+    server: LiveServer = platform_server(server_factory, env)
+    job = await create_job(server, "ann", [site_url(server)])
+    for _ in range(2):  # the first run and its one retry are both interrupted
+        deadline = time.monotonic() + 120
+        while (await api_get(server, "ann", f"/api/jobs/{job['job_id']}")).json()["status"] != "running":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        server.stop()
+        server.start(timeout=120)
+    failed = await _wait_final(server, job["job_id"])
+    assert failed["status"] == "failed"
+    assert failed["error"] == "interrupted: the server shut down (gave up after 2 attempts)"
+    assert failed["attempts"] == 2

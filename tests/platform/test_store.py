@@ -21,7 +21,8 @@ from tidings.db.models import utcnow
 async def db(database_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Database]:
     """A migrated database (SQLite file or a fresh PostgreSQL database)."""
     database = Database(database_env.get("TIDINGS_DATABASE_URL") or f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
-    await database.migrate()
+    await database.migrate()  # the users branch
+    await database.migrate("platform@head")  # the crawler tables are the platform branch
     try:
         yield database
     finally:
@@ -58,9 +59,40 @@ async def test_expired_lease_is_reaped_once_and_the_runner_notices(db: Database)
     assert await store.renew_lease(db, job_id, 30) is None  # the runner learns it lost the job
     assert not await store.finish_job(db, job_id, claim.execution_id, JobStatus.COMPLETED, 5, None)
     job = await store.get_job(db, job_id)
-    assert job is not None and (job.status, job.error) == ("failed", "worker lost")
+    assert job is not None and (job.status, job.error) == ("failed", "worker lost (gave up after 1 attempt)")
     assert job.executions[0].error == "worker lost"
     assert await store.count_active_jobs(db) == 0
+
+
+async def test_expired_lease_requeues_until_the_attempts_are_spent(db: Database) -> None:
+    job_id = await _job(db)
+    later = utcnow() + timedelta(seconds=60)
+    for attempt in (1, 2):
+        claim = await store.claim_job(db, job_id, f"w{attempt}", 30)
+        assert claim is not None and claim.attempt == attempt
+        assert claim.resume_reason == (None if attempt == 1 else "worker lost")
+        (taken,) = await store.reap_expired(db, "worker lost", later, max_attempts=2)
+        assert taken.requeued is (attempt == 1)
+        job = await store.get_job(db, job_id)
+        assert job is not None
+        assert job.status == ("pending" if attempt == 1 else "failed")
+        later += timedelta(seconds=60)
+    assert job.error == "worker lost (gave up after 2 attempts)"
+    assert [e.error for e in job.executions] == ["worker lost", "worker lost"]
+
+
+async def test_interrupted_job_goes_back_to_pending(db: Database) -> None:
+    job_id = await _job(db)
+    assert await store.interrupt_job(db, job_id, "interrupted: the server shut down", 3) is None  # not running
+    assert await store.claim_job(db, job_id, "w", 30) is not None
+    taken = await store.interrupt_job(db, job_id, "interrupted: the server shut down", 3)
+    assert taken is not None and taken.requeued
+    assert [j.job_id for j in await store.requeue_running(db, "x", 3)] == []
+    assert await store.claim_job(db, job_id, "w", 30) is not None
+    (left,) = await store.requeue_running(db, "interrupted: the server stopped unexpectedly", 3)
+    assert left.requeued and left.attempts == 2
+    job = await store.get_job(db, job_id)
+    assert job is not None and job.status == "pending" and job.resume_reason.startswith("interrupted: the server st")
 
 
 async def test_cancel_pending_now_running_by_flag(db: Database) -> None:

@@ -97,10 +97,10 @@ async def test_worker_crawl_end_to_end_then_price_changes(
         await ws.close()
 
 
-async def test_killed_worker_leaves_the_job_failed_and_tells_the_owner(
+async def test_killed_worker_without_retries_left_fails_the_job_and_tells_the_owner(
     server_factory: Any, worker_factory: Any, database_env: dict[str, str], redis_env: dict[str, str]
 ) -> None:
-    env = {**database_env, **redis_env, "TIDINGS_JOB_LEASE_SECONDS": "3"}
+    env = {**database_env, **redis_env, "TIDINGS_JOB_LEASE_SECONDS": "3", "TIDINGS_JOB_MAX_RETRIES": "0"}
     server: LiveServer = platform_server(server_factory, env)
     worker = worker_factory(server, {"TIDINGS_CRAWL_SETTINGS": SLOW_CRAWL})
 
@@ -119,16 +119,57 @@ async def test_killed_worker_leaves_the_job_failed_and_tells_the_owner(
 
         rest = await collect_job(ws, job["job_id"], f"user:{hello['user_id']}")
         assert rest.final["event"] == "job_failed", rest.job
-        assert rest.final["error"] == "worker lost"
+        assert rest.final["error"] == "worker lost (gave up after 1 attempt)"  # the reason, and the retries spent
         assert rest.final["status"] == "failed"
         failed = (await api_get(server, "ann", f"/api/jobs/{job['job_id']}")).json()
-        assert failed["status"] == "failed" and failed["error"] == "worker lost"
+        assert failed["status"] == "failed" and failed["error"] == "worker lost (gave up after 1 attempt)"
         assert failed["finished_at"] is not None
         assert failed["executions"][0]["error"] == "worker lost"
         await ws.send('{"type": "request_status"}')
         while (msg := await recv_json(ws, 10))["type"] != "status_update":
             pass
         assert msg["active_jobs"] == 0
+    finally:
+        await ws.close()
+
+
+async def test_job_of_a_killed_worker_is_requeued_and_resumed_by_another(
+    server_factory: Any, worker_factory: Any, database_env: dict[str, str], redis_env: dict[str, str]
+) -> None:
+    env = {**database_env, **redis_env, "TIDINGS_JOB_LEASE_SECONDS": "3"}
+    server: LiveServer = platform_server(server_factory, env)
+    worker = worker_factory(server, {"TIDINGS_CRAWL_SETTINGS": SLOW_CRAWL})
+    expected = summary().items_expected
+
+    ws = await ws_connect(server.ws_url(), server.token("ann"))
+    try:
+        hello = await recv_json(ws)
+        channel = f"user:{hello['user_id']}"
+        job = await create_job(server, "ann", [site_url(server)])
+        seen = await collect_job(ws, job["job_id"], channel, until=("job_progress",))
+        assert seen.final["event"] == "job_progress", seen.job
+        first_start = next(e for e in seen.job if e["event"] == "job_started")
+        assert first_start["attempt"] == 1 and "resumed" not in first_start
+
+        worker.kill()  # SIGKILL mid-crawl: the lease runs out, the reaper re-queues the job
+        requeued = await collect_job(ws, job["job_id"], channel, until=("job_progress",))
+        while requeued.final.get("status") != "pending":
+            requeued = await collect_job(ws, job["job_id"], channel, until=("job_progress",))
+        assert requeued.final["requeued"] is True and requeued.final["resume_reason"] == "worker lost"
+        waiting = (await api_get(server, "ann", f"/api/jobs/{job['job_id']}")).json()
+        assert waiting["status"] == "pending" and waiting["resumed"] is True
+
+        worker_factory(server)  # another worker takes the re-queued job
+        rest = await collect_job(ws, job["job_id"], channel)
+        assert rest.final["event"] == "job_completed", (rest.job, rest.final)
+        started = next(e for e in rest.job if e["event"] == "job_started")
+        assert started["attempt"] == 2 and started["resumed"] is True and started["resume_reason"] == "worker lost"
+        done = (await api_get(server, "ann", f"/api/jobs/{job['job_id']}")).json()
+        assert done["status"] == "completed" and done["attempts"] == 2 and done["resumed"] is True
+        assert [e["error"] for e in done["executions"]] == ["worker lost", None]
+        # crawled again from the start, idempotently: every listing once
+        assert done["items_scraped"] == expected
+        assert (await api_get(server, "ann", "/api/properties", limit=1)).json()["total"] == expected
     finally:
         await ws.close()
 

@@ -88,6 +88,9 @@ class JobOut(BaseModel):
     created_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    attempts: int = Field(0, description="Runs so far (claims by a runner); above 1 after a resume")
+    resumed: bool = Field(False, description="Re-queued after a restart or a lost worker")
+    resume_reason: str | None = Field(None, description="Why it was last re-queued")
     executions: list[ExecutionOut] = []
 
 

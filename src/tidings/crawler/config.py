@@ -35,6 +35,11 @@ class PlatformSettings(BaseSettings):
     job_lease_seconds: float = Field(
         30.0, gt=0, description="A running job whose runner has not renewed its lease for this long is failed."
     )
+    job_max_retries: int = Field(
+        2,
+        ge=0,
+        description="Times a job interrupted by a shutdown or a lost worker is re-queued before it fails.",
+    )
     reaper_interval: float = Field(0.0, ge=0, description="Seconds between reaper passes; 0: a third of the lease.")
     crawl_settings: dict[str, Any] = Field(
         default_factory=dict, description='Scrapy settings for every crawl, as JSON (e.g. {"DOWNLOAD_DELAY": 0}).'
@@ -61,6 +66,11 @@ class PlatformSettings(BaseSettings):
     def heartbeat_interval(self) -> float:
         """How often a runner renews its lease and looks for a cancel request."""
         return max(0.2, min(self.job_lease_seconds / 3, 2.0))
+
+    @property
+    def max_attempts(self) -> int:
+        """Runs a job may have: the first one and ``job_max_retries`` resumptions."""
+        return self.job_max_retries + 1
 
     @property
     def reaper_period(self) -> float:

@@ -28,6 +28,10 @@ class JobUpdate(ChannelEvent):
     error: str | None = None
     spider_name: str | None = None
     target_urls: list[str] | None = None
+    attempt: int | None = Field(None, description="job_started: the run's number (above 1 after a re-queue)")
+    resumed: bool | None = Field(None, description="job_started: the job was re-queued after an interruption")
+    requeued: bool | None = Field(None, description="job_progress with status pending: interrupted, re-queued")
+    resume_reason: str | None = Field(None, description="why it was re-queued (shutdown, crash, worker lost)")
     timestamp: float
 
 
@@ -41,6 +45,8 @@ class PropertyNotification(ChannelEvent):
     location: str | None = Field(None, description="new_properties: where")
     property_id: int | None = Field(None, description="price_change: which property")
     url: str | None = None
+    title: str | None = Field(None, description="price_change: the property's title")
+    currency: str | None = Field(None, description="price_change: the listing's currency")
     old_price: int | float | None = None
     new_price: int | float | None = None
     timestamp: float

@@ -5,7 +5,9 @@ process), stores every item as it arrives (upsert by URL), and tells the owner w
 :class:`~tidings.crawler.notify.EventSink` -- the server's :class:`~tidings.node.Node`, or in a worker the
 broker-backed :class:`tidings.publisher.Publisher`. While it runs it renews the job's lease every
 ``heartbeat_interval`` seconds and picks up cancel requests; if the runner dies, the lease runs out and the
-:class:`Reaper` marks the job failed ("worker lost") and tells the owner.
+:class:`Reaper` re-queues the job ("worker lost"; up to ``TIDINGS_JOB_MAX_RETRIES`` times, then it fails) and tells
+the owner. A job stopped by a shutdown of the server is re-queued the same way and resumed at the next start: it
+is crawled again from the start, which is idempotent (items are upserted by URL).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from tidings.crawler import store
 from tidings.crawler.config import PlatformSettings
@@ -33,11 +35,12 @@ from tidings.crawler.notify import (
 from tidings.crawler.runner import CrawlResult, arun_crawl
 from tidings.db import Database
 
-__all__ = ["JobRunner", "Reaper", "worker_name"]
+__all__ = ["SERVER_LOST_ERROR", "SHUTDOWN_ERROR", "JobRunner", "Reaper", "worker_name"]
 
 logger = logging.getLogger("tidings.crawler.jobs")
 
 SHUTDOWN_ERROR = "interrupted: the server shut down"
+SERVER_LOST_ERROR = "interrupted: the server stopped unexpectedly"
 
 
 def worker_name(kind: str) -> str:
@@ -108,7 +111,9 @@ class _Run:
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             with _logged("job_started"):
-                await self.notifier.started(claim.spider_name, claim.target_urls)
+                await self.notifier.started(
+                    claim.spider_name, claim.target_urls, attempt=claim.attempt, resume_reason=claim.resume_reason
+                )
             result = await arun_crawl(
                 claim.spider_name,
                 claim.target_urls,
@@ -119,7 +124,7 @@ class _Run:
                 timeout=self.runner.platform.job_timeout or None,
             )
         except asyncio.CancelledError:
-            await asyncio.shield(self._finish(JobStatus.FAILED, SHUTDOWN_ERROR))
+            await asyncio.shield(self._interrupt(SHUTDOWN_ERROR))
             raise
         except Exception as exc:
             logger.exception("job %s failed", claim.job_id)
@@ -148,7 +153,15 @@ class _Run:
             self.new_by_location[location_group(saved.location)] += 1
         elif saved.price_changed:
             with _logged("price_change"):
-                await self.notifier.price_change(saved.property_id, saved.url, saved.old_price, saved.new_price)
+                await self.notifier.price_change(
+                    saved.property_id,
+                    saved.url,
+                    saved.old_price,
+                    saved.new_price,
+                    title=saved.title,
+                    currency=saved.currency,
+                    location=saved.location,
+                )
         if self.stored % self.runner.progress_every == 0:
             await store.record_progress(self.db, self.claim.job_id, self.claim.execution_id, self.stored)
             with _logged("job_progress"):
@@ -170,6 +183,29 @@ class _Run:
                 return
             if state:
                 self.stop.set()
+
+    async def _interrupt(self, reason: str) -> None:
+        """Stopped before the end (the server shuts down): re-queue the job for the next start, or fail it once it
+        has had its attempts."""
+        claim = self.claim
+        if self.new_by_location:
+            with _logged("new_properties"):
+                await self.notifier.new_properties(dict(self.new_by_location))
+        taken = await store.interrupt_job(self.db, claim.job_id, reason, self.runner.platform.max_attempts)
+        if taken is None:
+            return
+        with _logged(f"the interruption of job {claim.job_id}"):
+            if taken.requeued:
+                await self.notifier.requeued(reason, self.stored)
+            else:
+                await self.notifier.failed(taken.error, self.stored)
+        logger.warning(
+            "job %s %s after %d items (attempt %d)",
+            claim.job_id,
+            "re-queued" if taken.requeued else f"failed: {taken.error}",
+            self.stored,
+            taken.attempts,
+        )
 
     async def _finish(self, status: JobStatus, error: str | None) -> JobStatus | None:
         claim = self.claim
@@ -198,19 +234,36 @@ def _logged(what: str) -> Iterator[None]:
 
 
 class Reaper:
-    """Fails running jobs whose lease expired (their runner died) and tells their owners."""
+    """Takes back running jobs whose lease expired (their runner died): re-queues them (``on_requeue`` dispatches
+    them again) until they have had their attempts, then fails them; tells their owners either way."""
 
-    def __init__(self, db: Database, sink: EventSink, platform: PlatformSettings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        sink: EventSink,
+        platform: PlatformSettings,
+        on_requeue: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self.db = db
         self.sink = sink
         self.platform = platform
+        self.on_requeue = on_requeue
 
     async def reap_once(self) -> list[int]:
-        """One pass; returns the ids of the jobs it failed."""
-        reaped = await store.reap_expired(self.db, WORKER_LOST_ERROR)
+        """One pass; returns the ids of the jobs it took back (re-queued or failed)."""
+        max_attempts = self.platform.max_attempts if self.on_requeue is not None else 1
+        reaped = await store.reap_expired(self.db, WORKER_LOST_ERROR, max_attempts=max_attempts)
         for job in reaped:
-            logger.warning("job %s: lease expired, its worker is gone; marked failed", job.job_id)
-            await JobNotifier(self.sink, job.job_id, job.owner_id).failed(WORKER_LOST_ERROR, job.items_scraped)
+            notifier = JobNotifier(self.sink, job.job_id, job.owner_id)
+            if job.requeued:
+                logger.warning("job %s: lease expired, its worker is gone; re-queued", job.job_id)
+                with _logged("a re-queued job"):
+                    await notifier.requeued(WORKER_LOST_ERROR, job.items_scraped)
+                if self.on_requeue is not None:
+                    await self.on_requeue(job.job_id)
+            else:
+                logger.warning("job %s: lease expired, its worker is gone; failed: %s", job.job_id, job.error)
+                await notifier.failed(job.error, job.items_scraped)
         return [job.job_id for job in reaped]
 
     async def run_forever(self, on_error: Callable[[BaseException], None] | None = None) -> None:

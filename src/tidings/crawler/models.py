@@ -59,6 +59,10 @@ class CrawlJob(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: how many times a runner claimed the job; more than one: it was re-queued after an interruption
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: why the job was last re-queued ("interrupted: the server shut down", "worker lost"); None: never
+    resume_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     executions: Mapped[list[JobExecution]] = relationship(
         back_populates="job", order_by="JobExecution.id", cascade="all, delete-orphan", lazy="selectin"
@@ -78,6 +82,9 @@ class CrawlJob(Base):
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            "attempts": self.attempts or 0,
+            "resumed": self.resume_reason is not None,
+            "resume_reason": self.resume_reason,
         }
 
 

@@ -73,13 +73,26 @@ def new_properties_event(count: int, location: str) -> dict[str, Any]:
     }
 
 
-def price_change_event(property_id: int, url: str, old: Decimal | None, new: Decimal | None) -> dict[str, Any]:
-    """``property_notification`` / ``price_change``."""
+def price_change_event(
+    property_id: int,
+    url: str,
+    old: Decimal | None,
+    new: Decimal | None,
+    *,
+    title: str | None = None,
+    currency: str | None = None,
+    location: str | None = None,
+) -> dict[str, Any]:
+    """``property_notification`` / ``price_change`` (with the property's ``title``, ``currency`` and ``location``,
+    so a notification can name it)."""
     return {
         "type": "property_notification",
         "event": "price_change",
         "property_id": property_id,
         "url": url,
+        "title": title,
+        "currency": currency,
+        "location": location,
         "old_price": price_json(old),
         "new_price": price_json(new),
         "timestamp": time.time(),
@@ -97,10 +110,35 @@ class JobNotifier:
     async def _send(self, event: dict[str, Any]) -> None:
         await self.sink.publish_event(self.channels, event)
 
-    async def started(self, spider_name: str, target_urls: list[str]) -> None:
-        """``job_started``."""
+    async def started(
+        self, spider_name: str, target_urls: list[str], *, attempt: int = 1, resume_reason: str | None = None
+    ) -> None:
+        """``job_started`` (``attempt`` > 1 and ``resumed: true`` when it was re-queued after ``resume_reason``)."""
+        extra: dict[str, Any] = {"attempt": attempt}
+        if resume_reason is not None:
+            extra.update(resumed=True, resume_reason=resume_reason)
         await self._send(
-            _job_event("job_started", self.job_id, status="running", spider_name=spider_name, target_urls=target_urls)
+            _job_event(
+                "job_started",
+                self.job_id,
+                status="running",
+                spider_name=spider_name,
+                target_urls=target_urls,
+                **extra,
+            )
+        )
+
+    async def requeued(self, reason: str, items_scraped: int = 0) -> None:
+        """``job_progress`` with ``status: "pending"``: the job was interrupted and waits to be resumed."""
+        await self._send(
+            _job_event(
+                "job_progress",
+                self.job_id,
+                items_scraped=items_scraped,
+                status="pending",
+                requeued=True,
+                resume_reason=reason,
+            )
         )
 
     async def progress(self, items_scraped: int) -> None:
@@ -125,7 +163,17 @@ class JobNotifier:
             if count:
                 await self.sink.publish_event("property_updates", new_properties_event(count, location))
 
-    async def price_change(self, property_id: int, url: str, old: Decimal | None, new: Decimal | None) -> None:
+    async def price_change(
+        self,
+        property_id: int,
+        url: str,
+        old: Decimal | None,
+        new: Decimal | None,
+        *,
+        title: str | None = None,
+        currency: str | None = None,
+        location: str | None = None,
+    ) -> None:
         """``price_change`` on the property's channel and on ``property_updates``."""
-        event = price_change_event(property_id, url, old, new)
+        event = price_change_event(property_id, url, old, new, title=title, currency=currency, location=location)
         await self.sink.publish_event([f"property:{property_id}", "property_updates"], event)

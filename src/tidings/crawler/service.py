@@ -30,7 +30,7 @@ from tidings.crawler.api import DispatchError, build_platform_router
 from tidings.crawler.channels import platform_namespaces
 from tidings.crawler.config import PlatformSettings
 from tidings.crawler.egress import LOOPBACK_NAMES, SAMPLE_SITE_PREFIX, EgressPolicy, SelfOrigin
-from tidings.crawler.jobs import JobRunner, Reaper, worker_name
+from tidings.crawler.jobs import SERVER_LOST_ERROR, JobRunner, Reaper, worker_name
 from tidings.crawler.models import CrawlJob, JobStatus
 from tidings.crawler.notify import CANCELLED_ERROR, JobNotifier
 from tidings.service import Tidings
@@ -60,7 +60,7 @@ class Platform:
         )
         self.app: FastAPI | None = None
         self._origins: set[tuple[str, int]] = set()
-        self.reaper = Reaper(self.db, self.node, self.config)
+        self.reaper = Reaper(self.db, self.node, self.config, on_requeue=self._redispatch)
         self._tasks: dict[int, asyncio.Task[Any]] = {}
         self._celery: Any = None
         self._reaper_task: asyncio.Task[None] | None = None
@@ -133,6 +133,11 @@ class Platform:
         task = asyncio.get_running_loop().create_task(self._run_here(job_id), name=f"crawl-job-{job_id}")
         self._tasks[job_id] = task
 
+    async def _redispatch(self, job_id: int) -> None:
+        """A re-queued job (its worker was lost): send it to a runner again."""
+        with contextlib.suppress(DispatchError):  # dispatch() has then failed the job and told its owner
+            await self.dispatch(job_id)
+
     async def _fail_pending(self, job_id: int, error: str) -> None:
         job = await store.fail_pending(self.db, job_id, error)
         if job is not None:
@@ -175,6 +180,14 @@ class Platform:
             self._celery = create_celery(self.settings, self.config)
         self._reaper_task = asyncio.get_running_loop().create_task(self.reaper.run_forever(), name="job-reaper")
         if self._celery is None:
+            # Embedded: nothing else runs jobs, so a job still "running" was left by a previous process that died.
+            for left in await store.requeue_running(self.db, SERVER_LOST_ERROR, self.config.max_attempts):
+                notifier = JobNotifier(self.node, left.job_id, left.owner_id)
+                with contextlib.suppress(Exception):
+                    if left.requeued:
+                        await notifier.requeued(SERVER_LOST_ERROR, left.items_scraped)
+                    else:
+                        await notifier.failed(left.error, left.items_scraped)
             pending, _ = await store.list_jobs(self.db, None, status=JobStatus.PENDING.value, limit=1000)
             for job in reversed(pending):
                 await self.dispatch(job.id)

@@ -6,7 +6,10 @@ reaper can race on the same row (in SQLite or PostgreSQL) and exactly one of the
 * :func:`claim_job` -- ``pending -> running`` (a redelivered Celery message finds the job taken and does nothing);
 * :func:`renew_lease` -- keeps a running job's lease fresh and reports a cancel request;
 * :func:`finish_job` -- ``running -> completed | failed | cancelled``;
-* :func:`reap_expired` -- ``running`` with an expired lease ``-> failed`` ("worker lost");
+* :func:`reap_expired` -- ``running`` with an expired lease ``-> pending`` (re-queued, up to a number of
+  attempts) or ``-> failed`` ("worker lost");
+* :func:`interrupt_job` / :func:`requeue_running` -- ``running -> pending`` after a shutdown or a crash of the
+  embedded runner (``-> failed`` once the job has had its attempts);
 * :func:`request_cancel` -- ``pending -> cancelled`` at once, or flags a running job for its runner.
 """
 
@@ -38,6 +41,7 @@ __all__ = [
     "finish_job",
     "get_job",
     "get_property",
+    "interrupt_job",
     "job_owner",
     "list_jobs",
     "list_properties",
@@ -45,6 +49,7 @@ __all__ = [
     "record_progress",
     "renew_lease",
     "request_cancel",
+    "requeue_running",
     "upsert_property",
 ]
 
@@ -145,6 +150,8 @@ class Claim:
     spider_name: str
     target_urls: list[str]
     execution_id: int
+    attempt: int = 1
+    resume_reason: str | None = None
 
 
 async def claim_job(db: Database, job_id: int, worker: str, lease_seconds: float) -> Claim | None:
@@ -161,6 +168,7 @@ async def claim_job(db: Database, job_id: int, worker: str, lease_seconds: float
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
                 items_scraped=0,
                 error=None,
+                attempts=CrawlJob.attempts + 1,
             )
         )
         if _rowcount(taken) != 1:
@@ -169,7 +177,15 @@ async def claim_job(db: Database, job_id: int, worker: str, lease_seconds: float
         execution = JobExecution(job_id=job_id, worker=worker[:255], items_scraped=0, started_at=now)
         session.add(execution)
         await session.flush()
-        return Claim(job.id, job.owner_id, job.spider_name, list(job.target_urls), execution.id)
+        return Claim(
+            job.id,
+            job.owner_id,
+            job.spider_name,
+            list(job.target_urls),
+            execution.id,
+            attempt=job.attempts,
+            resume_reason=job.resume_reason,
+        )
 
 
 async def renew_lease(db: Database, job_id: int, lease_seconds: float) -> bool | None:
@@ -217,41 +233,91 @@ async def finish_job(
 
 @dataclass(frozen=True, slots=True)
 class ReapedJob:
-    """A running job whose lease expired, now marked failed."""
+    """A running job taken from a runner that is gone: re-queued (``requeued``), or failed with ``error``."""
 
     job_id: int
     owner_id: int
     items_scraped: int
+    requeued: bool = False
+    error: str = ""
+    attempts: int = 0
 
 
-async def reap_expired(db: Database, error: str, now: datetime | None = None) -> list[ReapedJob]:
-    """Mark running jobs whose lease expired as failed with ``error``; returns those this call marked."""
+def gave_up(reason: str, attempts: int) -> str:
+    """The error of a job that exhausted its attempts: the reason it was interrupted, and how often it tried."""
+    return f"{reason} (gave up after {attempts} {'attempt' if attempts == 1 else 'attempts'})"
+
+
+async def _take_back(
+    db: Database, job_id: int, conditions: tuple[Any, ...], reason: str, max_attempts: int, now: datetime
+) -> ReapedJob | None:
+    """``running -> pending`` (attempts left) or ``-> failed`` for one job matching ``conditions``."""
+    async with db.session() as session:
+        job = (await session.execute(select(CrawlJob).where(CrawlJob.id == job_id, *conditions))).scalar_one_or_none()
+        if job is None:
+            return None
+        attempts, owner, items = job.attempts or 0, job.owner_id, job.items_scraped
+        requeue = attempts < max_attempts
+        error = reason if requeue else gave_up(reason, attempts)
+        values: dict[str, Any] = (
+            {"status": JobStatus.PENDING.value, "resume_reason": reason, "error": None}
+            if requeue
+            else {"status": JobStatus.FAILED.value, "error": error, "finished_at": now}
+        )
+        done = await session.execute(
+            update(CrawlJob)
+            .where(CrawlJob.id == job_id, *conditions)
+            .values(lease_expires_at=None, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if _rowcount(done) != 1:
+            return None
+        await session.execute(
+            update(JobExecution)
+            .where(JobExecution.job_id == job_id, JobExecution.finished_at.is_(None))
+            .values(finished_at=now, error=reason)
+        )
+    return ReapedJob(job_id, owner, items, requeued=requeue, error=error, attempts=attempts)
+
+
+async def reap_expired(
+    db: Database, error: str, now: datetime | None = None, *, max_attempts: int = 1
+) -> list[ReapedJob]:
+    """Take back running jobs whose lease expired: re-queue those that have had fewer than ``max_attempts``
+    runs, fail the others with ``error``; returns the jobs this call took (another reaper gets none of them)."""
     now = now or utcnow()
     expired = (
         CrawlJob.status == JobStatus.RUNNING.value,
         CrawlJob.lease_expires_at.is_not(None),
         CrawlJob.lease_expires_at < now,
     )
-    reaped: list[ReapedJob] = []
     async with db.sessions() as session:
-        candidates = (await session.execute(select(CrawlJob).where(*expired))).scalars().all()
-        found = [(job.id, job.owner_id, job.items_scraped) for job in candidates]
-    for job_id, owner_id, items in found:
-        async with db.session() as session:
-            done = await session.execute(
-                update(CrawlJob)
-                .where(CrawlJob.id == job_id, *expired)
-                .values(status=JobStatus.FAILED.value, error=error, finished_at=now, lease_expires_at=None)
-            )
-            if _rowcount(done) != 1:
-                continue
-            await session.execute(
-                update(JobExecution)
-                .where(JobExecution.job_id == job_id, JobExecution.finished_at.is_(None))
-                .values(finished_at=now, error=error)
-            )
-        reaped.append(ReapedJob(job_id, owner_id, items))
+        found = list((await session.execute(select(CrawlJob.id).where(*expired))).scalars())
+    reaped: list[ReapedJob] = []
+    for job_id in found:
+        taken = await _take_back(db, job_id, expired, error, max_attempts, now)
+        if taken is not None:
+            reaped.append(taken)
     return reaped
+
+
+async def interrupt_job(db: Database, job_id: int, reason: str, max_attempts: int) -> ReapedJob | None:
+    """A runner stopped a running job it could not finish (the server shuts down): re-queue it for the next
+    start, or fail it with ``reason`` once it has had ``max_attempts`` runs. None if it was not running."""
+    return await _take_back(db, job_id, (CrawlJob.status == JobStatus.RUNNING.value,), reason, max_attempts, utcnow())
+
+
+async def requeue_running(db: Database, reason: str, max_attempts: int) -> list[ReapedJob]:
+    """At the start of an embedded server: every job still ``running`` was left by a runner that died with the
+    previous process (a crash, a kill); re-queue (or fail) them all."""
+    async with db.sessions() as session:
+        running = select(CrawlJob.id).where(CrawlJob.status == JobStatus.RUNNING.value)
+        found = list((await session.execute(running)).scalars())
+    taken = [
+        await _take_back(db, job_id, (CrawlJob.status == JobStatus.RUNNING.value,), reason, max_attempts, utcnow())
+        for job_id in found
+    ]
+    return [job for job in taken if job is not None]
 
 
 async def count_active_jobs(db: Database, owner_id: int | None = None) -> int:
@@ -274,6 +340,8 @@ class UpsertResult:
     created: bool
     old_price: Decimal | None
     new_price: Decimal | None
+    title: str = ""
+    currency: str | None = None
 
     @property
     def price_changed(self) -> bool:
@@ -316,7 +384,7 @@ async def upsert_property(db: Database, item: PropertyItem) -> UpsertResult:
                 async with session.begin_nested():
                     prop = Property(url=item.url, first_seen=now, last_seen=now, **fields)
                     session.add(prop)
-                return UpsertResult(prop.id, prop.url, prop.location, True, None, prop.price)
+                return UpsertResult(prop.id, prop.url, prop.location, True, None, prop.price, prop.title, prop.currency)
             except IntegrityError:  # another job stored the same URL a moment ago
                 prop = await _by_url(session, item.url)
                 if prop is None:
@@ -327,7 +395,7 @@ async def upsert_property(db: Database, item: PropertyItem) -> UpsertResult:
         prop.last_seen = now
         if old_price != prop.price:
             session.add(PriceHistory(property_id=prop.id, old_price=old_price, new_price=prop.price, changed_at=now))
-        return UpsertResult(prop.id, prop.url, prop.location, False, old_price, prop.price)
+        return UpsertResult(prop.id, prop.url, prop.location, False, old_price, prop.price, prop.title, prop.currency)
 
 
 async def count_properties(db: Database) -> int:

@@ -89,6 +89,8 @@ export interface Publication<T = unknown> extends ServerMessage {
   data: T;
   offset: number;
   epoch: string;
+  /** When the server accepted the publication: seconds since the Unix epoch (UTC), e.g. 1764598980.123. */
+  timestamp: number;
 }
 
 /** A message the client sends; `type` is required. */
