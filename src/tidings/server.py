@@ -159,6 +159,7 @@ def uvicorn_config(
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        interface="asgi3",  # BodyLimit is an ASGI3 instance: uvicorn would guess ASGI2 from its signature
         **extra,  # type: ignore[arg-type]
     )
 
