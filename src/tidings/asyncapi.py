@@ -164,8 +164,10 @@ def asyncapi_document(
             "type": "httpApiKey",
             "name": token_cookie,
             "in": "cookie",
-            "description": "The token in a cookie; accepted only with an allowed `Origin` (checked on every "
-            "connection), so a cross-site page carrying the cookie is refused.",
+            "description": f"The token in the `{token_cookie}` cookie (`TIDINGS_TOKEN_COOKIE`), read only when no "
+            "subprotocol, header or query token is given; accepted only with an allowed `Origin` (checked on every "
+            "connection before the token is used), so a cross-origin page carrying the cookie is closed with 1008 "
+            "`Origin not allowed`.",
         }
         security.append({"$ref": "#/components/securitySchemes/cookie"})
 

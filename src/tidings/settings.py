@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins allowed to open WebSockets (comma-separated; '*' for any). Empty: same origin only.",
     )
+    token_cookie: str = Field(
+        "tidings_token",
+        description="Cookie the built-in authenticator also reads the token from (after subprotocol, header and "
+        "query); only honoured with an allowed Origin. Empty: no cookie auth.",
+    )
     max_connections_per_user: int = Field(5, ge=1, description="Concurrent WebSocket connections per user.")
     max_message_bytes: int = Field(65536, ge=128, description="Largest inbound WebSocket message; larger closes 1009.")
     idle_timeout: float = Field(300.0, gt=0, description="Seconds without inbound messages before a close (4001).")

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
+from starlette.requests import cookie_parser
 from starlette.routing import WebSocketRoute
 
 from tidings.api.socket_limits import SocketLimits
@@ -53,8 +54,11 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
-def extract_token(scope: Scope, headers: dict[str, str]) -> tuple[str | None, str | None]:
-    """The bearer token and the subprotocol to select: subprotocol pair, Authorization header, or query."""
+def extract_token(
+    scope: Scope, headers: dict[str, str], cookie_name: str | None = None
+) -> tuple[str | None, str | None]:
+    """The bearer token and the subprotocol to select: subprotocol pair, Authorization header, query, or the
+    ``cookie_name`` cookie (safe only because the handshake's ``Origin`` is checked before the token is used)."""
     # ASGI servers list the offered subprotocols in the scope; some (uvicorn's wsproto) drop the header itself
     protocols = [str(p).strip() for p in scope.get("subprotocols") or () if str(p).strip()] or [
         p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()
@@ -66,6 +70,10 @@ def extract_token(scope: Scope, headers: dict[str, str]) -> tuple[str | None, st
         return auth[7:].strip(), None
     for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
         if key == "token":
+            return value, None
+    if cookie_name and "cookie" in headers:
+        value = cookie_parser(headers["cookie"]).get(cookie_name)
+        if value:
             return value, None
     return None, None
 
@@ -152,7 +160,7 @@ class WebSocketEndpoint:
             return None
         node = self.node
         headers = _headers(scope)
-        token, subprotocol = extract_token(scope, headers)
+        token, subprotocol = extract_token(scope, headers, node.settings.token_cookie)
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if subprotocol:
             accept["subprotocol"] = subprotocol
