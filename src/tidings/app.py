@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from tidings import __version__
+from tidings.api.docs import install_offline_docs
 from tidings.api.errors import install_error_handlers
 from tidings.crawler.service import install_platform
 from tidings.durable_history import DurableHistory, DurableHistoryBroker
@@ -58,4 +59,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     stats = StatsPusher(hub.node, hub.settings.stats_interval)  # stats_update on dashboard_stats (tidings.web.stats)
     StatsPusher.register(hub.node)
     mount_dashboard(app, hub.node)  # /login, /dashboard, /dashboard/static, JSON for charts (tidings.web.routes)
+    install_offline_docs(app)  # /docs, /redoc, /asyncapi with assets served here, no CDN (tidings.api.docs)
     return app
