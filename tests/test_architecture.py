@@ -30,6 +30,7 @@ EXTRAS = {
     "tidings.cli": "platform",
     "tidings.__main__": "platform",
     "tidings.web.routes": "platform",
+    "tidings.durable_history": "platform",
 }
 #: Third-party packages of the extras (the core's are FastAPI, uvicorn, websockets, orjson, PyJWT, pydantic...).
 EXTRA_PACKAGES = {

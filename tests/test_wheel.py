@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def test_the_wheel_holds_the_package_and_no_tests(wheel: Path) -> None:
     assert meta["License-Expression"] == "MIT"
     assert "Framework :: FastAPI" in meta.get_all("Classifier", [])
     requires = meta.get_all("Requires-Dist", [])
-    core = sorted(r.split(">")[0].split("[")[0].strip() for r in requires if "extra ==" not in r)
+    core = sorted(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].strip() for r in requires if "extra ==" not in r)
     assert core == ["fastapi", "orjson", "prometheus-client", "pydantic-settings", "pyjwt", "uvicorn", "websockets"]
     extras = set(meta.get_all("Provides-Extra", []))
     assert {"redis", "users", "platform", "all"} <= extras
