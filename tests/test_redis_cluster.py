@@ -117,6 +117,7 @@ async def test_rest_publish_and_broadcast_on_b_reach_a_client_on_a(cluster: Clus
             assert resp.status_code == 200, resp.text
             published = resp.json()
             msg = await recv_until(ws, "publication")
+            assert isinstance(msg.pop("timestamp"), float)  # the server's time of publication
             assert msg == {
                 "type": "publication",
                 "channel": "room:lobby",

@@ -21,7 +21,17 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    model_serializer,
+)
 
 __all__ = [
     "CLIENT_MESSAGES",
@@ -246,7 +256,17 @@ class PresenceReply(_ServerBase):
     subscription: str
     users: list[PresenceUser]
     count: int | None = Field(None, description="Members in all")
-    cursor: int | str | None = Field(None, description="The `cursor` of the next page; absent on the last")
+    cursor: int | str | None = Field(None, description="The `cursor` of the next page; null on the last")
+
+    @model_serializer(mode="wrap")
+    # no return annotation: the JSON schema (docs/protocol.md, AsyncAPI) stays the model's
+    def _keep_cursor(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # the wire contract (docs/scaling.md, REST's PresenceOut) is `cursor: null` on the last page, which
+        # encode_message's exclude_none would drop: a client reading page["cursor"] would find no key
+        data = handler(self)
+        if isinstance(data, dict):
+            data.setdefault("cursor", self.cursor)
+        return data
 
 
 class StatusUpdate(_ServerBase):
