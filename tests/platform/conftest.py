@@ -199,6 +199,12 @@ class JobEvents:
         return [e for e in self.job if e["event"] == event]
 
 
+def _on(msg: dict[str, Any], channel: str) -> bool:
+    """Whether ``msg`` was published on ``channel``: delivered there, or one connection's single copy of an event
+    published on several channels at once (``copies`` lists them; see docs/protocol.md)."""
+    return msg.get("channel") == channel or channel in (msg.get("copies") or ())
+
+
 async def collect_job(
     ws: ClientConnection,
     job_id: int,
@@ -216,9 +222,9 @@ async def collect_job(
     pending = list(backlog or ())
     while True:
         msg = pending.pop(0) if pending else await recv_json(ws, max(0.1, deadline - time.monotonic()))
-        if msg.get("type") == "property_notification" and msg.get("channel") == "property_updates":
+        if msg.get("type") == "property_notification" and _on(msg, "property_updates"):
             seen.properties.append(msg)
-        elif msg.get("type") == "job_update" and msg.get("job_id") == job_id and msg.get("channel") == channel:
+        elif msg.get("type") == "job_update" and msg.get("job_id") == job_id and _on(msg, channel):
             seen.job.append(msg)
             if msg["event"] in final:
                 return seen
