@@ -101,6 +101,7 @@ async def test_subscribe_and_receive_a_publication_from_the_apps_own_route(mount
             resp = await http.post("/orders/7/ship")
         assert resp.status_code == 200
         msg = await recv_until(ws, "publication")
+        assert isinstance(msg.pop("timestamp"), float)  # the server's time of publication
         assert msg == {
             "type": "publication",
             "channel": "room:orders",
