@@ -923,7 +923,9 @@ async def listen(
         return 0
     finally:
         stream.close()
-        await client.close()
+        # bounded: an interrupted listener (Ctrl-C) must exit even if the server does not answer the close
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(client.close(), 5)
     return 0
 
 
