@@ -111,27 +111,22 @@ def asyncapi_document(
     def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
         return refs[(model.__name__, mode)]
 
+    def message(msg_type: str, model: type[BaseModel], direction: str, mode: str) -> dict[str, Any]:
+        doc = model.__doc__ or ""
+        return {
+            "name": msg_type,
+            "title": f"{msg_type} ({direction})",
+            "summary": doc.strip().splitlines()[0],
+            "description": " ".join(doc.split()),
+            "contentType": "application/json",
+            "payload": ref(model, mode),
+        }
+
     messages: dict[str, Any] = {}
     for msg_type, client_model in CLIENT_MESSAGES.items():
-        model: type[BaseModel] = client_model
-        messages[_client_key(msg_type)] = {
-            "name": msg_type,
-            "title": f"{msg_type} (client -> server)",
-            "summary": (model.__doc__ or "").strip().splitlines()[0],
-            "description": " ".join((model.__doc__ or "").split()),
-            "contentType": "application/json",
-            "payload": ref(model, "validation"),
-        }
+        messages[_client_key(msg_type)] = message(msg_type, client_model, "client -> server", "validation")
     for msg_type, server_model in server_models.items():
-        model = server_model
-        messages[_server_key(msg_type)] = {
-            "name": msg_type,
-            "title": f"{msg_type} (server -> client)",
-            "summary": (model.__doc__ or "").strip().splitlines()[0],
-            "description": " ".join((model.__doc__ or "").split()),
-            "contentType": "application/json",
-            "payload": ref(model, "serialization"),
-        }
+        messages[_server_key(msg_type)] = message(msg_type, server_model, "server -> client", "serialization")
     channel_messages = {key: {"$ref": f"#/components/messages/{key}"} for key in messages}
 
     security = [

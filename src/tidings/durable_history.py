@@ -237,10 +237,8 @@ class DurableHistoryBroker:
         return await self.inner.presence(channel)
 
     async def connection_add(self, user_id: UserId, conn_id: str, info: dict[str, Any] | None = None) -> int:
-        """Delegated (with ``info`` when given: a broker that reports dead nodes' connections keeps it)."""
-        if info is None:
-            return await self.inner.connection_add(user_id, conn_id)
-        return await self.inner.connection_add(user_id, conn_id, info=info)  # type: ignore[call-arg]
+        """Delegated."""
+        return await self.inner.connection_add(user_id, conn_id, info)
 
     async def connection_remove(self, user_id: UserId, conn_id: str) -> None:
         """Delegated."""

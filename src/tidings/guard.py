@@ -36,7 +36,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-__all__ = ["ConnectionGuard", "ProxyTrust", "fd_budget", "guarded_protocols"]
+__all__ = ["CappedCounts", "ConnectionGuard", "ProxyTrust", "fd_budget", "guarded_protocols"]
 
 logger = logging.getLogger("tidings.guard")
 
@@ -93,8 +93,40 @@ def client_key(host: str) -> str:
     return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
-class ConnectionGuard:
-    """Counts of one node's open connections, and the limits they are held to."""
+class CappedCounts:
+    """Open connections, in total and per client key, held to a total cap and a per-key cap."""
+
+    def __init__(self, max_total: int, max_per_key: int) -> None:
+        self.max_total = max_total
+        self.max_per_key = max_per_key
+        self.open = 0
+        self.per_key: dict[str, int] = {}
+
+    def admit(self, key: str | None) -> bool:
+        """Count a new connection from ``key`` (None: counted in the total only); False if it is over a cap."""
+        if self.open >= self.max_total:
+            return False
+        if key is not None:
+            count = self.per_key.get(key, 0)
+            if count >= self.max_per_key:
+                return False
+            self.per_key[key] = count + 1
+        self.open += 1
+        return True
+
+    def release(self, key: str | None) -> None:
+        """A connection counted by :meth:`admit` with ``key`` is gone."""
+        self.open -= 1
+        if key is not None:
+            count = self.per_key.get(key, 0) - 1
+            if count > 0:
+                self.per_key[key] = count
+            else:
+                self.per_key.pop(key, None)
+
+
+class ConnectionGuard(CappedCounts):
+    """Counts of one node's open connections (:class:`CappedCounts`), and the limits they are held to."""
 
     def __init__(
         self,
@@ -104,39 +136,14 @@ class ConnectionGuard:
         handshake_timeout: float,
         trusted_proxies: ProxyTrust | None = None,
     ) -> None:
-        self.max_connections = max_connections
-        self.max_per_ip = max_per_ip
+        super().__init__(max_connections, max_per_ip)
         self.handshake_timeout = handshake_timeout
         self.trusted_proxies = trusted_proxies or ProxyTrust(())
         #: refusals (503 / 1013) waiting for their request at the same time; beyond, sockets are dropped
         self.refusing_max = min(1024, max(16, max_connections // 10))
-        self.open = 0
-        self.per_ip: dict[str, int] = {}
         self.refusing = 0
         self.refused = 0  # total, for diagnostics
         self.timed_out = 0
-
-    def admit(self, key: str | None) -> bool:
-        """Count a new connection from ``key`` (None: not capped per IP); False if it is over a cap."""
-        if self.open >= self.max_connections:
-            return False
-        if key is not None:
-            count = self.per_ip.get(key, 0)
-            if count >= self.max_per_ip:
-                return False
-            self.per_ip[key] = count + 1
-        self.open += 1
-        return True
-
-    def release(self, key: str | None) -> None:
-        """A connection counted by :meth:`admit` is gone."""
-        self.open -= 1
-        if key is not None:
-            count = self.per_ip.get(key, 0) - 1
-            if count > 0:
-                self.per_ip[key] = count
-            else:
-                self.per_ip.pop(key, None)
 
     def key_of(self, transport: asyncio.BaseTransport) -> str | None:
         """The per-IP key of a socket's peer; None for a trusted proxy (or a Unix socket)."""

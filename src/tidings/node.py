@@ -395,10 +395,7 @@ class Node:
             rate_burst=s.rate_limit_burst,
             on_slow=self._count_slow,
         )
-        if isinstance(self.broker, ReapNotifier):  # what a survivor reports if this node dies
-            count = await self.broker.connection_add(user.id, conn.id, info=user.public())  # type: ignore[call-arg]
-        else:
-            count = await self.broker.connection_add(user.id, conn.id)
+        count = await self.broker.connection_add(user.id, conn.id, user.public())  # info: reported if this node dies
         if count > s.max_connections_per_user:
             await self.broker.connection_remove(user.id, conn.id)
             raise self.reject("Too many connections")

@@ -140,8 +140,11 @@ class Broker(Protocol):
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         """Users present in the channel across all nodes, one entry per user."""
 
-    async def connection_add(self, user_id: UserId, conn_id: str) -> int:
-        """Count a new connection of ``user_id`` cluster-wide; returns the user's count including it."""
+    async def connection_add(self, user_id: UserId, conn_id: str, info: dict[str, Any] | None = None) -> int:
+        """Count a new connection of ``user_id`` cluster-wide; returns the user's count including it.
+
+        ``info`` (the user's public info) is what a :class:`ReapNotifier` reports if this node dies with the
+        connection open; other brokers ignore it."""
 
     async def connection_remove(self, user_id: UserId, conn_id: str) -> None:
         """Forget a connection."""

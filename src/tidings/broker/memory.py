@@ -254,8 +254,8 @@ class MemoryBroker:
             users.setdefault(entry["user_id"], entry)
         return sorted(users.values(), key=lambda e: (isinstance(e["user_id"], str), e["user_id"]))
 
-    async def connection_add(self, user_id: UserId, conn_id: str) -> int:
-        """Count a connection; returns the user's connection count."""
+    async def connection_add(self, user_id: UserId, conn_id: str, info: dict[str, Any] | None = None) -> int:
+        """Count a connection; returns the user's connection count (``info`` is not needed in one process)."""
         conns = self._connections.setdefault(user_id, set())
         conns.add(conn_id)
         return len(conns)
