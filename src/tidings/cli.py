@@ -124,9 +124,14 @@ def _users_passwd(args: argparse.Namespace, settings: Settings) -> int:
 
 def _revoke_sockets(settings: Settings, user_id: int, reason: str) -> None:
     """Close the user's open sockets on every node (Redis broker); with the memory broker the running server
-    cannot be reached from here: older tokens are refused, open sockets stay until they reconnect."""
+    cannot be reached from here, and its account re-check closes them (``TIDINGS_ACCOUNT_CHECK_INTERVAL``)."""
     if not settings.broker_url.startswith(("redis://", "rediss://", "redis+")):
-        print("note: open WebSockets of this user close when they reconnect (memory broker)", file=sys.stderr)
+        interval = settings.account_check_interval
+        if interval > 0:
+            print(f"note: a running server closes this user's open WebSockets within {interval:g} s", file=sys.stderr)
+        else:
+            note = "note: open WebSockets of this user close when they reconnect (account re-check off)"
+            print(note, file=sys.stderr)
         return
     from tidings.publisher import SyncPublisher
 

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     login_max_failures_per_user: int = Field(
         10, ge=1, description="Failed logins per username in the window before 429 (Retry-After)."
     )
+    account_check_interval: float = Field(
+        1.0,
+        ge=0,
+        description="Built-in users: seconds between re-checks of the accounts behind open connections, so a change "
+        "made outside this node (the CLI with the memory broker, SQL) closes their sockets (0: off).",
+    )
     login_failure_window: float = Field(60.0, gt=0, description="Seconds over which failed logins are counted.")
     log_level: str = Field("info", description="Log level of the tidings command.")
     durable_channels: Annotated[list[str], NoDecode] = Field(

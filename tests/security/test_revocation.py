@@ -6,16 +6,20 @@ Real ``tidings serve`` processes; the cluster test runs two of them on the local
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import delete, update
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import LiveServer, expect_close, recv_json, recv_until, ws_connect
 from tests.test_redis_cluster import cluster_env, start_node
+from tidings.db import Database, User
 
 
 async def login(server: LiveServer, username: str, password: str = "pw") -> str:
@@ -163,3 +167,65 @@ async def test_a_revocation_on_node_a_closes_the_socket_on_node_b(server_factory
     assert (await me(node_b, bob_one)).status_code == 401
     await ws_two.close()
     await asyncio.sleep(0)
+
+
+def _cli(server: LiveServer, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tidings", *args],
+        env=server.env,
+        cwd=server.data_dir,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def _change_row(server: LiveServer, user_id: int, **values: Any) -> None:
+    """Edit a user's row behind the server's back (another admin tool, a SQL console)."""
+    db = Database(server.database_url)
+    try:
+        async with db.sessions() as session:
+            await session.execute(update(User).where(User.id == user_id).values(**values))
+            await session.commit()
+    finally:
+        await db.dispose()
+
+
+async def test_a_password_changed_with_the_cli_closes_the_running_servers_sockets(srv: LiveServer) -> None:
+    """The default mode (memory broker): `tidings users passwd` runs in another process than the server, and the
+    server's sockets opened with older credentials still close, within 2 s (the server re-checks its accounts)."""
+    ws, _ = await open_ws(srv, await login(srv, "ann"))
+    bystander, _ = await open_ws(srv, await login(srv, "bob"))
+    done = await asyncio.to_thread(_cli, srv, "users", "passwd", "ann", "--password-stdin", stdin="new-secret\n")
+    assert done.returncode == 0, done.stderr
+    code, reason, took = await closed_within(ws, 2)
+    assert (code, reason) == (1008, "Credentials changed") and took < 2.0
+    fresh, _ = await open_ws(srv, await login(srv, "ann", "new-secret"))
+    await asyncio.sleep(2.5)  # sweeps after the change leave sockets opened with the new credentials alone
+    for survivor in (fresh, bystander):
+        await survivor.send('{"type": "ping"}')
+        assert (await recv_until(survivor, "pong"))["type"] == "pong"
+        await survivor.close()
+
+
+async def test_account_rows_changed_outside_the_server_close_its_sockets(srv: LiveServer) -> None:
+    """Deactivation, deletion and a role change made directly in the database reach the open sockets too."""
+    ids = srv.ids  # type: ignore[attr-defined]
+    ann, _ = await open_ws(srv, await login(srv, "ann"))
+    bob, _ = await open_ws(srv, await login(srv, "bob"))
+    root2, _ = await open_ws(srv, await login(srv, "root2"))
+    await _change_row(srv, ids["ann"], is_active=False)
+    await _change_row(srv, ids["root2"], role="user")
+    db = Database(srv.database_url)
+    try:
+        async with db.sessions() as session:
+            await session.execute(delete(User).where(User.id == ids["bob"]))
+            await session.commit()
+    finally:
+        await db.dispose()
+    disabled, demoted = (1008, "Account disabled"), (4004, "Permissions changed")
+    expected = [(ann, disabled), (bob, disabled), (root2, demoted)]
+    for ws, want in expected:
+        code, reason, took = await closed_within(ws, 2)
+        assert (code, reason) == want and took < 2.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +25,7 @@ from tidings.errors import TidingsError
 from tidings.files import ensure_private_file
 from tidings.users.passwords import PasswordPool
 
-__all__ = ["Database", "DuplicateUser", "LastAdmin", "UserChange"]
+__all__ = ["AccountInfo", "AccountState", "Database", "DuplicateUser", "LastAdmin", "UserChange"]
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 #: The Alembic branch of the built-in users' tables (the crawler platform's is ``platform@head``).
@@ -50,9 +50,28 @@ class UserChange:
     role_changed: bool = False
 
 
-def user_info(user: User) -> UserInfo:
+@dataclass(frozen=True, slots=True)
+class AccountInfo(UserInfo):
+    """A built-in account behind a connection: :class:`UserInfo` and the credential version it signed in with
+    (what :class:`~tidings.users.sweep.AccountSweep` compares with the database)."""
+
+    credential_version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """What an account's row says now, for re-checking open connections."""
+
+    credential_version: int
+    is_active: bool
+    role: str
+
+
+def user_info(user: User) -> AccountInfo:
     """The connection-side view of a user row."""
-    return UserInfo(id=user.id, username=user.username, role=user.role)
+    return AccountInfo(
+        id=user.id, username=user.username, role=user.role, credential_version=user.credential_version or 0
+    )
 
 
 def run_migrations(url: str, target: str = USERS_HEAD) -> None:
@@ -133,6 +152,13 @@ class Database:
         if user is None or not user.is_active:
             return None
         return Credentials(user_info(user), user.credential_version or 0)
+
+    async def account_states(self, user_ids: Sequence[int]) -> dict[int, AccountState]:
+        """The current state of the accounts ``user_ids`` (deleted ones are missing), in one query."""
+        query = select(User.id, User.credential_version, User.is_active, User.role).where(User.id.in_(user_ids))
+        async with self.sessions() as session:
+            rows = (await session.execute(query)).all()
+        return {row[0]: AccountState(row[1] or 0, bool(row[2]), row[3]) for row in rows}
 
     async def set_password(self, username: str, password: str) -> User | None:
         """Replace a user's password (older tokens stop working); None if there is no such user."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ from tidings.protocol import CloseCode
 from tidings.settings import Settings
 from tidings.users.limiter import FailureLimiter
 from tidings.users.passwords import PasswordPool
+from tidings.users.sweep import AccountSweep
 
 if TYPE_CHECKING:
     from tidings.node import Node
@@ -85,7 +88,15 @@ class BuiltinUsers:
                 f"password '{self.admin_password}' (shown once; change it with 'tidings users passwd')"
             )
             print(banner, flush=True)
+        sweep: asyncio.Task[None] | None = None
+        interval = self.settings.account_check_interval
+        if self._node is not None and interval > 0:
+            sweep = asyncio.create_task(AccountSweep(self.db, self._node.hub, interval).run(), name="account-sweep")
         try:
             yield self
         finally:
+            if sweep is not None:
+                sweep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweep
             await self.db.dispose()

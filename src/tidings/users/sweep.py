@@ -1,0 +1,88 @@
+"""Re-checks the accounts behind this node's open connections against the database.
+
+A revocation made through this node's own routes closes the sockets at once (cluster-wide through the broker). A
+change made elsewhere -- ``tidings users passwd`` in another process while the node runs with the memory broker,
+another admin tool, an SQL console -- has no way to reach the node; this sweep finds it within
+``TIDINGS_ACCOUNT_CHECK_INTERVAL`` seconds: a connection whose account is gone or inactive closes with 1008
+"Account disabled", one opened with an older credential version with 1008 "Credentials changed", and one whose
+role changed with 4004 "Permissions changed" (the client reconnects with its new rights). Each node checks only
+its own connections, one query per :data:`CHUNK` users, and none while no account is connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from tidings.db.database import AccountInfo, AccountState, Database
+from tidings.protocol import CloseCode
+
+if TYPE_CHECKING:
+    from tidings.hub import Hub
+
+__all__ = ["CHUNK", "AccountSweep", "verdict"]
+
+#: Accounts per query.
+CHUNK = 500
+
+logger = logging.getLogger("tidings.users")
+
+
+def verdict(info: AccountInfo, state: AccountState | None) -> tuple[int, str] | None:
+    """The close code and reason a connection of ``info`` gets now that its row is ``state``; None: it stays."""
+    if state is None or not state.is_active:
+        return CloseCode.POLICY_VIOLATION, "Account disabled"
+    if state.credential_version != info.credential_version:
+        return CloseCode.POLICY_VIOLATION, "Credentials changed"
+    if state.role != info.role:
+        return CloseCode.PERMISSIONS_CHANGED, "Permissions changed"
+    return None
+
+
+def _chunks(ids: Iterable[int], size: int) -> Iterator[list[int]]:
+    it = iter(ids)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+class AccountSweep:
+    """Every ``interval`` seconds, closes the local connections whose account changed behind the node's back."""
+
+    def __init__(self, db: Database, hub: Hub, interval: float) -> None:
+        self.db = db
+        self.hub = hub
+        self.interval = interval
+        self.closed = 0
+
+    async def check(self) -> int:
+        """One pass over the connected accounts; returns how many connections it closed."""
+        by_user = self.hub.by_user
+        closed = 0
+        for chunk in _chunks([uid for uid in by_user if isinstance(uid, int)], CHUNK):
+            states = await self.db.account_states(chunk)
+            for uid in chunk:
+                for conn in list(by_user.get(uid, {}).values()):
+                    info = conn.user
+                    if not isinstance(info, AccountInfo):
+                        continue  # not a built-in account (a host's own authenticate)
+                    decided = verdict(info, states.get(uid))
+                    if decided is not None:
+                        logger.info("%s: %s (account changed outside this node)", conn, decided[1])
+                        conn.close(*decided)
+                        closed += 1
+        self.closed += closed
+        return closed
+
+    async def run(self) -> None:
+        """Check forever, every ``interval`` seconds; a failed pass (database unavailable) is logged and retried."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("account check failed: %s", exc)
