@@ -246,6 +246,7 @@ async function main() {
   const gapMs = cfg.gapMs ?? 100;
   const all = [];
   const completion = [];
+  const completionInOrder = [];
   let pacedLost = 0;
   let pacedPublishFailures = 0;
   for (let i = 0; i < warmup + paced; i++) {
@@ -259,6 +260,7 @@ async function main() {
       const s = phase.samples.subarray(0, phase.nSamples);
       for (const v of s) all.push(v);
       completion.push(nowMs() - tPub);
+      completionInOrder.push(nowMs() - tPub);
       if (!ok) pacedLost += phase.expected - phase.received;
     }
     phase.record = false;
@@ -272,6 +274,8 @@ async function main() {
     publish_failures: pacedPublishFailures,
     p50_ms: percentile(all, 0.5), p99_ms: percentile(all, 0.99), max_ms: all.length ? all[all.length - 1] : null,
     completion_p50_ms: percentile(completion, 0.5),
+    completion_max_ms: completion.length ? completion[completion.length - 1] : null,
+    completion_ms: completionInOrder.map((v) => Math.round(v * 10) / 10),
   });
 
   // throughput: K back to back

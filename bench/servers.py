@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -55,9 +56,7 @@ def naive(port: int, workdir: Path) -> ServerSpec:
             "trigger": {"mode": "control", "url": f"ws://127.0.0.1:{port}/control"},
         }
 
-    return ServerSpec(
-        argv, client_config, note="uvicorn defaults: uvloop, httptools, ws=auto (websockets-sansio)"
-    )
+    return ServerSpec(argv, client_config, note="uvicorn defaults: uvloop, httptools, ws=auto (websockets-sansio)")
 
 
 def websockets_broadcast(port: int, workdir: Path) -> ServerSpec:
@@ -71,6 +70,33 @@ def websockets_broadcast(port: int, workdir: Path) -> ServerSpec:
         }
 
     return ServerSpec(argv, client_config, note="websockets.asyncio.server.serve + broadcast(), uvloop")
+
+
+def picows_broadcast(port: int, workdir: Path) -> ServerSpec:
+    """picows' asyncio server, one `WSTransport.send()` per subscriber, on uvloop."""
+    argv = [sys.executable, "-m", "bench.picows_server", "--host", "127.0.0.1", "--port", str(port)]
+
+    def client_config() -> JSONDict:
+        return {
+            "url": f"ws://127.0.0.1:{port}/",
+            "trigger": {"mode": "control", "url": f"ws://127.0.0.1:{port}/control"},
+        }
+
+    return ServerSpec(argv, client_config, note="picows ws_create_server, WSTransport.send() per subscriber, uvloop")
+
+
+def node_ws(port: int, workdir: Path) -> ServerSpec:
+    """Node's `ws` library (the load client's own): one `send()` per subscriber, the message serialised once."""
+    node = shutil.which("node") or "node"
+    argv = [node, str(ROOT / "bench" / "ws_node_server.mjs"), str(port)]
+
+    def client_config() -> JSONDict:
+        return {
+            "url": f"ws://127.0.0.1:{port}/",
+            "trigger": {"mode": "control", "url": f"ws://127.0.0.1:{port}/control"},
+        }
+
+    return ServerSpec(argv, client_config, note="Node ws WebSocketServer, send() per subscriber")
 
 
 TIDINGS_CHANNEL = "room:bench"
@@ -155,6 +181,11 @@ ADAPTERS: dict[str, Callable[[int, Path], ServerSpec]] = {
     "tidings-asgi": tidings_variant(
         "tidings_asgi", {"TIDINGS_FAST_TRANSPORT": "false"}, "TIDINGS_FAST_TRANSPORT=false (uvicorn's ws, ASGI send)"
     ),
+    "tidings-fixed": tidings_variant(
+        "tidings_fixed", {"TIDINGS_WRITE_WINDOW_MAX": "0"}, "TIDINGS_WRITE_WINDOW_MAX=0 (no adaptive window)"
+    ),
     "naive": naive,
     "websockets": websockets_broadcast,
+    "picows": picows_broadcast,
+    "node-ws": node_ws,
 }

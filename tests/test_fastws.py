@@ -34,6 +34,7 @@ from tidings.fastws import TRANSPORT_EXTENSION, TidingsWebSocketProtocol
 from tidings.protocol import Frame
 from tidings.server import uvicorn_config
 from tidings.settings import Settings
+from tidings.transport.fanout import WriteBatcher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -199,6 +200,67 @@ async def test_write_delay_coalesces_frames_across_passes_while_busy() -> None:
         # the first frame goes out at once (the node was idle), the next nine wait for the window: then the ASGI
         # message flushes them (order kept) and goes out itself
         assert await _burst(f"{url}/passes") == 3
+
+
+class _TimedSocket:
+    """Stands in for a socket in :class:`WriteBatcher`: records when its write ran; the write takes ``cost`` s."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cost: float) -> None:
+        self.loop, self.cost = loop, cost
+        self.flushed_at: list[float] = []
+        self.flushed = asyncio.Event()
+
+    def _write_pending(self, joined: dict[tuple[object, ...], bytes]) -> None:
+        time.sleep(self.cost)  # the system calls of a large fan-out, blocking the loop as they do
+        self.flushed_at.append(self.loop.time())
+        self.flushed.set()
+
+    async def next_flush(self) -> None:
+        await asyncio.wait_for(self.flushed.wait(), 5)
+        self.flushed.clear()
+
+
+async def _second_flush_wait(delay: float, window_max: float, cost: float) -> tuple[float, float]:
+    """(seconds between the end of a flush that took ``cost`` and the next flush, the batcher's window then)."""
+    loop = asyncio.get_running_loop()
+    batcher = WriteBatcher(loop, delay, window_max)
+    sock = _TimedSocket(loop, cost)
+    batcher.add(sock)  # type: ignore[arg-type]
+    await sock.next_flush()
+    ended, window = sock.flushed_at[0], batcher.window
+    sock.cost = 0.0
+    batcher.add(sock)  # type: ignore[arg-type]
+    await sock.next_flush()
+    return sock.flushed_at[1] - ended, window
+
+
+async def test_a_busy_batcher_waits_as_long_as_its_last_flush_took() -> None:
+    # a flush that took 40 ms: the next frames wait ~40 ms after it (a saturated node writes at most half the time)
+    waited, window = await _second_flush_wait(0.0, 0.05, 0.04)
+    assert window >= 0.04 and waited >= 0.03
+    # capped by window_max
+    waited, window = await _second_flush_wait(0.0, 0.01, 0.04)
+    assert window == 0.01 and waited < 0.035
+    # without the adaptive window (and no delay) the next pass writes
+    waited, window = await _second_flush_wait(0.0, 0.0, 0.04)
+    assert window == 0.0 and waited < 0.02
+    # the fixed delay is the floor of the window
+    waited, window = await _second_flush_wait(0.03, 0.05, 0.0)
+    assert window == 0.03 and waited >= 0.02
+
+
+async def test_an_idle_batcher_writes_in_the_next_pass() -> None:
+    loop = asyncio.get_running_loop()
+    batcher = WriteBatcher(loop, 0.002, 0.05)
+    sock = _TimedSocket(loop, 0.04)
+    batcher.add(sock)  # type: ignore[arg-type]
+    await sock.next_flush()
+    await asyncio.sleep(0.1)  # idle for longer than the window the 40 ms flush opened
+    sock.cost = 0.0
+    added = loop.time()
+    batcher.add(sock)  # type: ignore[arg-type]
+    await sock.next_flush()
+    assert sock.flushed_at[1] - added < 0.02
 
 
 async def test_text_and_bytes_round_trip(app_url: str) -> None:

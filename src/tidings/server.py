@@ -131,7 +131,7 @@ def uvicorn_config(
     if settings.fast_transport:
         try:
             ws_class = importlib.import_module("tidings.fastws").TidingsWebSocketProtocol.configured(
-                write_delay=settings.write_delay
+                write_delay=settings.write_delay, write_window_max=settings.write_window_max
             )
         except ImportError:
             ws_class = None

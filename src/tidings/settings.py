@@ -89,6 +89,14 @@ class Settings(BaseSettings):
         "fan-out frames up to this many seconds so each socket gets them in fewer writes; an idle node never waits "
         "(0: only the frames of one loop pass share a write).",
     )
+    write_window_max: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Fast transport: while the node is busy, fan-out frames also wait as long as the last coalesced "
+        "write took, up to this many seconds, so a saturated node spends at most about half its time writing "
+        "(0: TIDINGS_WRITE_DELAY only).",
+    )
     job_progress_every: int = Field(10, ge=1, description="Emit job_progress every this many items.")
     admin_username: str = Field("admin", description="Account created on first start with an empty database.")
     password_hash_workers: int = Field(2, ge=1, description="Threads hashing/verifying passwords (off the loop).")

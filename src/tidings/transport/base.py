@@ -73,7 +73,7 @@ class SocketBase(asyncio.Protocol):
     _timer: asyncio.TimerHandle | None
     _parts: list[Any] | None
     _decoder: codecs.IncrementalDecoder | None
-    _pending: list[Frame] | None
+    _pending: Frame | list[Frame] | None  # one frame as itself: no list (a GC-tracked object) per delivery
     _batcher: WriteBatcher
     _keepalive: Keepalive | None
     _ka_slot: int

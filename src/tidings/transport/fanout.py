@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -33,33 +34,56 @@ logger = logging.getLogger("tidings.transport")
 class WriteBatcher:
     """Coalesces fan-out writes: every socket that got frames since the last flush gets them in one ``write()``.
 
-    One per event loop and write delay. The flush runs once per loop pass (``call_soon``), so frames reaching one
-    socket in the same pass share a system call. With ``delay`` > 0 the window adapts to load: when the previous
-    flush ended less than ``delay`` seconds ago (publications arriving back to back) the next one waits until
-    ``delay`` after it, so a busy node makes fewer, larger writes; an idle node (no flush within ``delay``)
-    flushes in the next pass, without waiting. Sockets waiting for the same run of frames get the same joined
-    ``bytes`` (built once per flush).
+    One per event loop, write delay and window cap. The flush runs once per loop pass (``call_soon``), so frames
+    reaching one socket in the same pass share a system call. While the node is busy the flush waits for a window
+    after the previous one: ``window`` = the larger of ``delay`` and the time the previous flush took (at most
+    ``window_max``). When the previous flush ended less than ``window`` ago (publications arriving back to back)
+    the next one waits until ``window`` after it, so a busy node makes fewer, larger writes and spends at most
+    about half its time writing while publications keep coming; an idle node (no flush within the window) flushes
+    in the next pass, without waiting. Sockets waiting for the same run of frames get the same joined ``bytes``
+    (built once per flush).
     """
 
-    __slots__ = ("__weakref__", "_dirty", "_last", "_loop", "_scheduled", "delay", "flushes", "writes")
+    __slots__ = (
+        "__weakref__",
+        "_cost",
+        "_dirty",
+        "_last",
+        "_loop",
+        "_scheduled",
+        "delay",
+        "flushes",
+        "window_max",
+        "writes",
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float = 0.0) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float = 0.0, window_max: float = 0.0) -> None:
         self._loop = loop
         self.delay = delay
+        self.window_max = window_max
         self._dirty: list[FanoutMixin] = []
         self._scheduled = False
         self._last = -1e9  # loop time of the last flush
+        self._cost = 0.0  # seconds the last flush took
         self.flushes = 0
         self.writes = 0
+
+    @property
+    def window(self) -> float:
+        """Seconds after a flush during which the node counts as busy and the next flush waits."""
+        cost = self._cost
+        if cost > self.window_max:
+            cost = self.window_max
+        return cost if cost > self.delay else self.delay
 
     def add(self, proto: FanoutMixin) -> None:
         """``proto`` has its first pending frame: flush it with the others."""
         self._dirty.append(proto)
         if not self._scheduled:
             self._scheduled = True
-            delay = self.delay
-            if delay > 0:
-                due = self._last + delay
+            window = self.window
+            if window > 0:
+                due = self._last + window
                 if due > self._loop.time():  # busy: the last flush was moments ago
                     self._loop.call_at(due, self.flush)
                     return
@@ -74,6 +98,7 @@ class WriteBatcher:
         self._dirty = []
         self.flushes += 1
         self.writes += len(dirty)
+        start = time.perf_counter()
         joined: dict[tuple[object, ...], bytes] = {}
         for proto in dirty:
             try:
@@ -82,9 +107,12 @@ class WriteBatcher:
                 logger.debug("coalesced write failed", exc_info=True)
         # when the flush ended: a large fan-out takes a while to write, and the node is busy until it is done
         self._last = self._loop.time()
+        self._cost = time.perf_counter() - start
 
 
-_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, WriteBatcher]] = weakref.WeakKeyDictionary()
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[float, float], WriteBatcher]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def write_stats() -> tuple[int, int]:
@@ -97,14 +125,14 @@ def write_stats() -> tuple[int, int]:
     return sum(b.flushes for b in batchers), sum(b.writes for b in batchers)
 
 
-def batcher_for(loop: asyncio.AbstractEventLoop, delay: float) -> WriteBatcher:
-    """The loop's :class:`WriteBatcher` for ``delay`` (created on first use)."""
+def batcher_for(loop: asyncio.AbstractEventLoop, delay: float, window_max: float = 0.0) -> WriteBatcher:
+    """The loop's :class:`WriteBatcher` for ``delay`` and ``window_max`` (created on first use)."""
     by_delay = _batchers.get(loop)
     if by_delay is None:
         by_delay = _batchers[loop] = {}
-    batcher = by_delay.get(delay)
+    batcher = by_delay.get((delay, window_max))
     if batcher is None:
-        batcher = by_delay[delay] = WriteBatcher(loop, delay)
+        batcher = by_delay[delay, window_max] = WriteBatcher(loop, delay, window_max)
     return batcher
 
 
@@ -120,12 +148,16 @@ class FanoutMixin(SocketBase):
         if self._ready:
             pending = self._pending
             if pending is None:
-                self._pending = [frame]
+                # the frame itself, not a one-item list: a list per socket per publication is a container the
+                # cyclic GC tracks, and thousands of them alive at each collection lengthen every GC pause
+                self._pending = frame
                 self._batcher.add(self)
-            elif len(pending) < PENDING_MAX:
+            elif isinstance(pending, list):
+                if len(pending) >= PENDING_MAX:
+                    return False
                 pending.append(frame)
             else:
-                return False
+                self._pending = [pending, frame]
             return True
         return False
 
@@ -138,8 +170,8 @@ class FanoutMixin(SocketBase):
         self._pending = None
         if self._state is CLOSED or self._aborted or self.transport.is_closing():
             return
-        if len(pending) == 1:
-            frame = pending[0]
+        if not isinstance(pending, list):
+            frame = pending
             # the cached slot first: one attribute read instead of a property call per recipient
             self.transport.write(frame.wire_deflate if self._compress else (frame._wire or frame.wire))
             return

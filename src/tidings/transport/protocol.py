@@ -64,6 +64,8 @@ class TidingsWebSocketProtocol(ASGIMixin, FanoutMixin, KeepaliveMixin):
     #: Seconds a busy node may hold fan-out frames to coalesce writes (see :class:`~.fanout.WriteBatcher`);
     #: 0: the frames of one loop pass share a write.
     write_delay: float = 0.0
+    #: Upper bound of the adaptive window (as long as the last coalesced write took); 0: ``write_delay`` only.
+    write_window_max: float = 0.0
 
     __slots__ = (
         "_aborted",
@@ -135,17 +137,24 @@ class TidingsWebSocketProtocol(ASGIMixin, FanoutMixin, KeepaliveMixin):
         self._parts = None  # fragments of a message being received
         self._decoder = None
         self._pending = None  # fan-out frames for the next coalesced write
-        self._batcher = batcher_for(loop, self.write_delay)
+        self._batcher = batcher_for(loop, self.write_delay, self.write_window_max)
         self._keepalive = keepalive_for(loop, config.ws_ping_interval, config.ws_ping_timeout)
         self._ka_slot = -1
         self._ping_payload = None
 
     @classmethod
-    def configured(cls, *, write_delay: float = 0.0) -> type[TidingsWebSocketProtocol]:
+    def configured(
+        cls, *, write_delay: float = 0.0, write_window_max: float = 0.0
+    ) -> type[TidingsWebSocketProtocol]:
         """This protocol class with Tidings' transport settings (uvicorn instantiates the class it is given)."""
-        if write_delay == cls.write_delay:
+        if write_delay == cls.write_delay and write_window_max == cls.write_window_max:
             return cls
-        attrs = {"__slots__": (), "write_delay": write_delay, "__module__": cls.__module__}
+        attrs = {
+            "__slots__": (),
+            "write_delay": write_delay,
+            "write_window_max": write_window_max,
+            "__module__": cls.__module__,
+        }
         return cast("type[TidingsWebSocketProtocol]", type(cls.__name__, (cls,), attrs))
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------------------
