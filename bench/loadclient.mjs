@@ -110,7 +110,7 @@ let firstError = null;
 function connectOne(index) {
   return new Promise((resolve) => {
     const ws = new WebSocket(cfg.url, cfg.protocols && cfg.protocols.length ? cfg.protocols : undefined, {
-      headers: cfg.headers || {}, perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: 30000,
+      headers: cfg.headers || {}, perMessageDeflate: cfg.deflate ? { threshold: 0 } : false, skipUTF8Validation: true, handshakeTimeout: 30000,
     });
     const client = { ws, index, last: -1, ready: false };
     let stage = cfg.welcome ? 'welcome' : (cfg.subscribe ? 'confirm' : 'ready');

@@ -169,6 +169,20 @@ def tidings_variant(name: str, extra_env: dict[str, str], note: str) -> Callable
     return adapter
 
 
+def tidings_deflate(port: int, workdir: Path) -> ServerSpec:
+    """:func:`tidings` with permessage-deflate negotiated by every subscriber (each publication compressed once)."""
+    spec = tidings(port, workdir)
+    spec.env["TIDINGS_PER_MESSAGE_DEFLATE"] = "true"
+    spec.note = f"{spec.note}; TIDINGS_PER_MESSAGE_DEFLATE=true, subscribers offer permessage-deflate"
+    base = spec.client_config
+
+    def client_config() -> JSONDict:
+        return {**base(), "deflate": True}
+
+    spec.client_config = client_config
+    return spec
+
+
 #: The write delay of the ``tidings-wd`` row (seconds).
 BENCH_WRITE_DELAY = "0.005"
 
@@ -184,6 +198,7 @@ ADAPTERS: dict[str, Callable[[int, Path], ServerSpec]] = {
     "tidings-fixed": tidings_variant(
         "tidings_fixed", {"TIDINGS_WRITE_WINDOW_MAX": "0"}, "TIDINGS_WRITE_WINDOW_MAX=0 (no adaptive window)"
     ),
+    "tidings-deflate": tidings_deflate,
     "naive": naive,
     "websockets": websockets_broadcast,
     "picows": picows_broadcast,
