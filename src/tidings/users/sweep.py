@@ -6,7 +6,10 @@ another admin tool, an SQL console -- has no way to reach the node; this sweep f
 ``TIDINGS_ACCOUNT_CHECK_INTERVAL`` seconds: a connection whose account is gone or inactive closes with 1008
 "Account disabled", one opened with an older credential version with 1008 "Credentials changed", and one whose
 role changed with 4004 "Permissions changed" (the client reconnects with its new rights). Each node checks only
-its own connections, one query per :data:`CHUNK` users, and none while no account is connected.
+its own connections, one query per :data:`CHUNK` users, and none while no account is connected. The work of one
+tick is bounded: at most :data:`BUDGET` connected accounts are checked per tick, in turn, so up to that many a
+change is found within one interval, and with more a full pass takes ``accounts / BUDGET`` intervals (100,000
+connected accounts: 50 s at the default 1 s) while the node spends a few milliseconds a second on it.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from tidings.protocol import CloseCode
 if TYPE_CHECKING:
     from tidings.hub import Hub
 
-__all__ = ["CHUNK", "AccountSweep", "verdict"]
+__all__ = ["BUDGET", "CHUNK", "AccountSweep", "verdict"]
 
 #: Accounts per query.
 CHUNK = 500
+#: Accounts checked per tick.
+BUDGET = 2000
 
 logger = logging.getLogger("tidings.users")
 
@@ -51,24 +56,35 @@ def _chunks(ids: Iterable[int], size: int) -> Iterator[list[int]]:
 class AccountSweep:
     """Every ``interval`` seconds, closes the local connections whose account changed behind the node's back."""
 
-    def __init__(self, db: Database, hub: Hub, interval: float) -> None:
+    def __init__(self, db: Database, hub: Hub, interval: float, *, budget: int = BUDGET) -> None:
         self.db = db
         self.hub = hub
         self.interval = interval
+        self.budget = budget
         self.closed = 0
+        self._turn: list[int] = []  # accounts still to check in the current pass, next last
 
     async def check(self) -> int:
-        """One pass over the connected accounts; returns how many connections it closed."""
-        by_user = self.hub.by_user
+        """One tick: check the next ``budget`` connected accounts (a new pass starts when the last one ended);
+        returns how many connections it closed."""
+        if not self._turn:
+            self._turn = [uid for uid in self.hub.by_user if isinstance(uid, int)]
+            self._turn.reverse()
+        turn = self._turn
+        take = turn[-self.budget :]
+        del turn[-self.budget :]
+        take.reverse()
         closed = 0
-        for chunk in _chunks([uid for uid in by_user if isinstance(uid, int)], CHUNK):
+        by_user = self.hub.by_user
+        for chunk in _chunks((uid for uid in take if uid in by_user), CHUNK):
             states = await self.db.account_states(chunk)
             for uid in chunk:
+                state = states.get(uid)
                 for conn in list(by_user.get(uid, {}).values()):
                     info = conn.user
                     if not isinstance(info, AccountInfo):
                         continue  # not a built-in account (a host's own authenticate)
-                    decided = verdict(info, states.get(uid))
+                    decided = verdict(info, state)
                     if decided is not None:
                         logger.info("%s: %s (account changed outside this node)", conn, decided[1])
                         conn.close(*decided)
