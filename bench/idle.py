@@ -59,6 +59,10 @@ def one_point(n: int, args: argparse.Namespace, node: str) -> dict[str, float]:
     port = free_port()
     spec = tidings(port, workdir)
     spec.env["TIDINGS_IDLE_TIMEOUT"] = "3600"  # idle by design: the 4001 idle close is not what is measured
+    # the connection caps (defaults 10,000 per node, 256 per client address) raised to what is measured: the load
+    # client is N users behind a handful of loopback addresses
+    spec.env["TIDINGS_MAX_CONNECTIONS"] = str(n + 1000)
+    spec.env["TIDINGS_MAX_CONNECTIONS_PER_IP"] = str(n)
     pythonpath = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))
     env = {**os.environ, **spec.env, "PYTHONPATH": pythonpath}
     nofile = n + MARGIN
@@ -197,7 +201,9 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, command: str,
             f"- Setup: `tidings serve` on core {args.server_core}, the Node `ws` idle client on core"
             f" {args.client_core}; each subscriber token-authenticated and subscribed to `{TIDINGS_CHANNEL}`;"
             f" keepalive on (uvicorn's default: a ping every 20 s, 20 s to answer); idle window {args.idle_s:.0f} s;"
-            f" {args.concurrency} handshakes in flight; source addresses 127.0.0.1-{args.sources}.",
+            f" {args.concurrency} handshakes in flight; source addresses 127.0.0.1-{args.sources};"
+            " `TIDINGS_MAX_CONNECTIONS` and `TIDINGS_MAX_CONNECTIONS_PER_IP` raised to N (+1,000), since the load"
+            " client is N users behind a few addresses (defaults 10,000 and 256).",
             "",
             head,
             sep,

@@ -42,7 +42,10 @@ function connectOne(i) {
       else if (stage === 'confirm' && msg.type === cfg.confirm) { c.ready = true; clients.push(c); resolve(true); }
     });
     ws.on('error', (e) => { if (!firstError) firstError = e.message; if (!c.ready) resolve(false); });
-    ws.on('close', (code) => { if (c.ready) { closedEarly++; c.ready = false; if (!firstError) firstError = `closed ${code}`; } else resolve(false); });
+    ws.on('close', (code, reason) => {
+      if (c.ready) { closedEarly++; c.ready = false; if (!firstError) firstError = `closed ${code}`; }
+      else { if (!firstError) firstError = `closed ${code} ${reason} before subscribing`; resolve(false); }
+    });
   });
 }
 

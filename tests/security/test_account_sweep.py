@@ -70,3 +70,24 @@ async def test_unchanged_accounts_and_other_identities_stay_open(tmp_path: Path)
         assert conns[1][1].closed == (4004, "Permissions changed")
     finally:
         await db.dispose()
+
+
+async def test_a_connection_opened_after_a_check_is_checked_next_time(tmp_path: Path) -> None:
+    """Accounts found unchanged are not rescanned, but a socket opened since (here one that authenticated just
+    before a password change) is still found."""
+    db, hub, conns = await _setup(tmp_path, 1)
+    try:
+        sweep = AccountSweep(db, hub, 1.0)
+        assert await sweep.check() == 0
+        assert await sweep.check() == 0
+        first = conns[0][0].user
+        assert isinstance(first, AccountInfo)
+        stale = AccountInfo(id=first.id, username=first.username, role=first.role, credential_version=-1)
+        late = Connection(stale, FakeTransport())
+        hub.add(late)
+        assert await sweep.check() == 1
+        await _settle()
+        assert late.transport.closed == (1008, "Credentials changed")  # type: ignore[attr-defined]
+        assert conns[0][1].closed is None
+    finally:
+        await db.dispose()

@@ -63,24 +63,36 @@ class AccountSweep:
         self.budget = budget
         self.closed = 0
         self._turn: list[int] = []  # accounts still to check in the current pass, next last
+        # account -> (its state, its newest connection's id) when all its connections were last found matching:
+        # while both stay the same its connections are not looked at again (a user with thousands of sockets costs
+        # a dict lookup a tick); a connection opened since is newer (the hub keeps them in arrival order)
+        self._verified: dict[int, tuple[AccountState, str]] = {}
 
     async def check(self) -> int:
         """One tick: check the next ``budget`` connected accounts (a new pass starts when the last one ended);
         returns how many connections it closed."""
+        by_user = self.hub.by_user
         if not self._turn:
-            self._turn = [uid for uid in self.hub.by_user if isinstance(uid, int)]
+            self._turn = [uid for uid in by_user if isinstance(uid, int)]
             self._turn.reverse()
+            self._verified = {uid: seen for uid, seen in self._verified.items() if uid in by_user}
         turn = self._turn
         take = turn[-self.budget :]
         del turn[-self.budget :]
         take.reverse()
         closed = 0
-        by_user = self.hub.by_user
         for chunk in _chunks((uid for uid in take if uid in by_user), CHUNK):
             states = await self.db.account_states(chunk)
             for uid in chunk:
                 state = states.get(uid)
-                for conn in list(by_user.get(uid, {}).values()):
+                conns = by_user.get(uid)
+                if not conns:
+                    self._verified.pop(uid, None)
+                    continue
+                newest = next(reversed(conns))
+                if state is not None and self._verified.get(uid) == (state, newest):
+                    continue
+                for conn in list(conns.values()):
                     info = conn.user
                     if not isinstance(info, AccountInfo):
                         continue  # not a built-in account (a host's own authenticate)
@@ -89,6 +101,8 @@ class AccountSweep:
                         logger.info("%s: %s (account changed outside this node)", conn, decided[1])
                         conn.close(*decided)
                         closed += 1
+                if state is not None:
+                    self._verified[uid] = (state, newest)
         self.closed += closed
         return closed
 
