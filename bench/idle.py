@@ -42,16 +42,24 @@ from bench.fanout import (
     wait_listening,
 )
 from bench.servers import ROOT, TIDINGS_CHANNEL, tidings
+from tidings.guard import RESERVED_FDS
 
 TARGET = 100_000
 MARGIN = 600  # file descriptors the server needs besides its sockets (listening socket, sqlite, logs, ...)
 
 
+#: Connections the server may hold besides the subscribers (the publishing HTTP client's).
+EXTRA_CONNECTIONS = 100
+
+
 def largest_n() -> int:
+    """The largest N the hard open-file limit lets the server hold, with the connection guard's own headroom
+    (``tidings.guard.fd_budget``: a tenth of the cap, at most 1,024, plus its reserve) and :data:`MARGIN`."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard == resource.RLIM_INFINITY:
         return TARGET
-    return min(TARGET, (hard - MARGIN) // 1000 * 1000 + 500)
+    room = hard - MARGIN - RESERVED_FDS - 1024 - EXTRA_CONNECTIONS
+    return min(TARGET, room // 500 * 500)
 
 
 def one_point(n: int, args: argparse.Namespace, node: str) -> dict[str, float]:
@@ -61,7 +69,7 @@ def one_point(n: int, args: argparse.Namespace, node: str) -> dict[str, float]:
     spec.env["TIDINGS_IDLE_TIMEOUT"] = "3600"  # idle by design: the 4001 idle close is not what is measured
     # the connection caps (defaults 10,000 per node, 256 per client address) raised to what is measured: the load
     # client is N users behind a handful of loopback addresses
-    spec.env["TIDINGS_MAX_CONNECTIONS"] = str(n + 1000)
+    spec.env["TIDINGS_MAX_CONNECTIONS"] = str(n + EXTRA_CONNECTIONS)
     spec.env["TIDINGS_MAX_CONNECTIONS_PER_IP"] = str(n)
     pythonpath = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))
     env = {**os.environ, **spec.env, "PYTHONPATH": pythonpath}
@@ -202,7 +210,7 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, command: str,
             f" {args.client_core}; each subscriber token-authenticated and subscribed to `{TIDINGS_CHANNEL}`;"
             f" keepalive on (uvicorn's default: a ping every 20 s, 20 s to answer); idle window {args.idle_s:.0f} s;"
             f" {args.concurrency} handshakes in flight; source addresses 127.0.0.1-{args.sources};"
-            " `TIDINGS_MAX_CONNECTIONS` and `TIDINGS_MAX_CONNECTIONS_PER_IP` raised to N (+1,000), since the load"
+            " `TIDINGS_MAX_CONNECTIONS` and `TIDINGS_MAX_CONNECTIONS_PER_IP` raised to N (+100), since the load"
             " client is N users behind a few addresses (defaults 10,000 and 256).",
             "",
             head,
