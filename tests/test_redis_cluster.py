@@ -13,6 +13,7 @@ import asyncio
 import json
 import secrets
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,20 @@ async def test_admin_notification_on_a_reaches_an_admin_on_b(cluster: Cluster) -
         assert (note["message"], note["channel"]) == ("disk full", "admins")
 
 
+async def recv_each(ws: ClientConnection, *types: str, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
+    """The first message of each of ``types``, in whatever order they arrive (other messages are skipped)."""
+    deadline = time.monotonic() + timeout
+    got: dict[str, dict[str, Any]] = {}
+    while len(got) < len(types):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"got {sorted(got)} of {list(types)} within {timeout} s")
+        msg = await recv_json(ws, left)
+        if msg.get("type") in types and msg["type"] not in got:
+            got[msg["type"]] = msg
+    return got
+
+
 async def test_worker_publishers_reach_clients_on_both_nodes(cluster: Cluster) -> None:
     ann = cluster.ids["ann"]
     async with connected(cluster.a, "ann") as on_a, connected(cluster.b, "admin") as on_b:
@@ -156,27 +171,29 @@ async def test_worker_publishers_reach_clients_on_both_nodes(cluster: Cluster) -
             await asyncio.to_thread(sync.publish, "room:workers", {"from": "sync"})
         finally:
             sync.close()
-        event = await recv_until(on_a, "job_update")
+        got_a = await recv_each(on_a, "job_update", "publication")  # user:<ann> and room:workers: two shards
+        event = got_a["job_update"]
         assert (event["channel"], event["job_id"], event["event"]) == (f"user:{ann}", 5, "job_started")
         assert {"timestamp", "offset", "epoch"} <= event.keys()
         event = await recv_until(on_b, "job_update")
         assert (event["channel"], event["job_id"]) == ("job_updates", 5)
-        pub = await recv_until(on_a, "publication")
-        assert pub["data"] == {"from": "sync"}
+        assert got_a["publication"]["data"] == {"from": "sync"}
 
         async with Publisher.from_settings(cluster.settings) as publisher:
             first = await publisher.publish("room:workers", {"from": "async"})
             await publisher.broadcast("workers say hi", "info")
             await publisher.send_to_user(ann, {"type": "direct", "text": "hello ann"})
             await publisher.notify_admins("worker alert")
-        pub = await recv_until(on_a, "publication")
+        # four channels, possibly on four shards: each channel's events are in order, different channels' are not
+        got_a = await recv_each(on_a, "publication", "system_notification", "direct")
+        pub = got_a["publication"]
         assert (pub["data"], pub["offset"], pub["epoch"]) == ({"from": "async"}, first["offset"], first["epoch"])
-        for ws in (on_a, on_b):
-            note = await recv_until(ws, "system_notification")
+        got_b = await recv_each(on_b, "system_notification", "admin_notification")
+        for note in (got_a["system_notification"], got_b["system_notification"]):
             assert note["message"] == "workers say hi"
-        direct = await recv_until(on_a, "direct")
+        direct = got_a["direct"]
         assert direct == {**direct, "text": "hello ann", "channel": f"user:{ann}"}
-        assert (await recv_until(on_b, "admin_notification"))["message"] == "worker alert"
+        assert got_b["admin_notification"]["message"] == "worker alert"
 
 
 async def test_offsets_are_shared_by_nodes_and_workers(cluster: Cluster) -> None:
