@@ -33,6 +33,18 @@ class ServerSpec:
     metrics_url: str | None = None  # Prometheus text; frames per socket write is read from it when offered
 
 
+def control_baseline(argv: list[str], port: int, note: str, path: str = "/") -> ServerSpec:
+    """A baseline server: subscribers connect to ``path``, the load client triggers broadcasts on ``/control``."""
+
+    def client_config() -> JSONDict:
+        return {
+            "url": f"ws://127.0.0.1:{port}{path}",
+            "trigger": {"mode": "control", "url": f"ws://127.0.0.1:{port}/control"},
+        }
+
+    return ServerSpec(argv, client_config, note=note)
+
+
 def naive(port: int, workdir: Path) -> ServerSpec:
     """FastAPI + the list-and-gather manager, on uvicorn with its defaults (uvloop, httptools, websockets)."""
     argv = [
@@ -49,54 +61,26 @@ def naive(port: int, workdir: Path) -> ServerSpec:
         "--log-level",
         "warning",
     ]
-
-    def client_config() -> JSONDict:
-        return {
-            "url": f"ws://127.0.0.1:{port}/ws",
-            "trigger": {"mode": "control", "url": f"ws://127.0.0.1:{port}/control"},
-        }
-
-    return ServerSpec(argv, client_config, note="uvicorn defaults: uvloop, httptools, ws=auto (websockets-sansio)")
+    return control_baseline(argv, port, "uvicorn defaults: uvloop, httptools, ws=auto (websockets-sansio)", "/ws")
 
 
 def websockets_broadcast(port: int, workdir: Path) -> ServerSpec:
     """The `websockets` library's asyncio server and its `broadcast()`, on uvloop."""
     argv = [sys.executable, "-m", "bench.ws_broadcast_server", "--host", "127.0.0.1", "--port", str(port)]
-
-    def client_config() -> JSONDict:
-        return {
-            "url": f"ws://127.0.0.1:{port}/",
-            "trigger": {"mode": "control", "url": f"ws://127.0.0.1:{port}/control"},
-        }
-
-    return ServerSpec(argv, client_config, note="websockets.asyncio.server.serve + broadcast(), uvloop")
+    return control_baseline(argv, port, "websockets.asyncio.server.serve + broadcast(), uvloop")
 
 
 def picows_broadcast(port: int, workdir: Path) -> ServerSpec:
     """picows' asyncio server, one `WSTransport.send()` per subscriber, on uvloop."""
     argv = [sys.executable, "-m", "bench.picows_server", "--host", "127.0.0.1", "--port", str(port)]
-
-    def client_config() -> JSONDict:
-        return {
-            "url": f"ws://127.0.0.1:{port}/",
-            "trigger": {"mode": "control", "url": f"ws://127.0.0.1:{port}/control"},
-        }
-
-    return ServerSpec(argv, client_config, note="picows ws_create_server, WSTransport.send() per subscriber, uvloop")
+    return control_baseline(argv, port, "picows ws_create_server, WSTransport.send() per subscriber, uvloop")
 
 
 def node_ws(port: int, workdir: Path) -> ServerSpec:
     """Node's `ws` library (the load client's own): one `send()` per subscriber, the message serialised once."""
     node = shutil.which("node") or "node"
     argv = [node, str(ROOT / "bench" / "ws_node_server.mjs"), str(port)]
-
-    def client_config() -> JSONDict:
-        return {
-            "url": f"ws://127.0.0.1:{port}/",
-            "trigger": {"mode": "control", "url": f"ws://127.0.0.1:{port}/control"},
-        }
-
-    return ServerSpec(argv, client_config, note="Node ws WebSocketServer, send() per subscriber")
+    return control_baseline(argv, port, "Node ws WebSocketServer, send() per subscriber")
 
 
 TIDINGS_CHANNEL = "room:bench"
@@ -156,31 +140,23 @@ def tidings(port: int, workdir: Path) -> ServerSpec:
     )
 
 
-def tidings_variant(name: str, extra_env: dict[str, str], note: str) -> Callable[[int, Path], ServerSpec]:
-    """:func:`tidings` with settings changed through the environment (a row of its own in the report)."""
+def tidings_variant(
+    name: str, extra_env: dict[str, str], note: str, client_extra: JSONDict | None = None
+) -> Callable[[int, Path], ServerSpec]:
+    """:func:`tidings` with settings changed through the environment (a row of its own in the report), and the
+    load client's configuration extended by ``client_extra``."""
 
     def adapter(port: int, workdir: Path) -> ServerSpec:
         spec = tidings(port, workdir)
         spec.env.update(extra_env)
         spec.note = f"{spec.note}; {note}"
+        if client_extra:
+            base = spec.client_config
+            spec.client_config = lambda: {**base(), **client_extra}
         return spec
 
     adapter.__name__ = name
     return adapter
-
-
-def tidings_deflate(port: int, workdir: Path) -> ServerSpec:
-    """:func:`tidings` with permessage-deflate negotiated by every subscriber (each publication compressed once)."""
-    spec = tidings(port, workdir)
-    spec.env["TIDINGS_PER_MESSAGE_DEFLATE"] = "true"
-    spec.note = f"{spec.note}; TIDINGS_PER_MESSAGE_DEFLATE=true, subscribers offer permessage-deflate"
-    base = spec.client_config
-
-    def client_config() -> JSONDict:
-        return {**base(), "deflate": True}
-
-    spec.client_config = client_config
-    return spec
 
 
 #: The write delay of the ``tidings-wd`` row (seconds).
@@ -198,7 +174,12 @@ ADAPTERS: dict[str, Callable[[int, Path], ServerSpec]] = {
     "tidings-fixed": tidings_variant(
         "tidings_fixed", {"TIDINGS_WRITE_WINDOW_MAX": "0"}, "TIDINGS_WRITE_WINDOW_MAX=0 (no adaptive window)"
     ),
-    "tidings-deflate": tidings_deflate,
+    "tidings-deflate": tidings_variant(
+        "tidings_deflate",
+        {"TIDINGS_PER_MESSAGE_DEFLATE": "true"},
+        "TIDINGS_PER_MESSAGE_DEFLATE=true, subscribers offer permessage-deflate",
+        {"deflate": True},
+    ),
     "naive": naive,
     "websockets": websockets_broadcast,
     "picows": picows_broadcast,

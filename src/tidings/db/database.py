@@ -151,7 +151,8 @@ class Database:
         user = await self.get_user(username)
         if user is None or not user.is_active:
             return None
-        return Credentials(user_info(user), user.credential_version or 0)
+        info = user_info(user)
+        return Credentials(info, info.credential_version)
 
     async def account_states(self, user_ids: Sequence[int]) -> dict[int, AccountState]:
         """The current state of the accounts ``user_ids`` (deleted ones are missing), in one query."""

@@ -112,7 +112,5 @@ class AccountSweep:
             await asyncio.sleep(self.interval)
             try:
                 await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # CancelledError is not an Exception: cancelling still stops the loop
                 logger.warning("account check failed: %s", exc)
