@@ -229,6 +229,7 @@ class RunResult:
     lost: int
     connect_s: float
     fanout_p50_ms: float  # publish -> last subscriber's receipt, median over the paced broadcasts
+    fanout_max_ms: float  # the same for the slowest paced broadcast
     elapsed_s: float
     attempt: int  # which attempt of the run was kept (see measured_run)
     note: str
@@ -394,6 +395,8 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
         snap0 = CpuSnapshot.take(server.pid, ours, cores)
         client.next()
         lat = client.expect("latency", (opt.warmup + opt.paced) * (opt.timeout_s + opt.gap_ms / 1000) + 30)
+        if opt.keep_logs:
+            (workdir / "latency.json").write_text(json.dumps(lat))
         snap1 = CpuSnapshot.take(server.pid, ours, cores)
         counters = ("tidings_deliveries", "tidings_transport_writes")
         m1 = scrape(spec.metrics_url, *counters)
@@ -439,6 +442,7 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
         lost=int(thr["lost"]) + int(lat["lost"]),
         connect_s=float(conn["connect_s"]),
         fanout_p50_ms=float(lat["completion_p50_ms"] or 0),
+        fanout_max_ms=float(lat["completion_max_ms"] or 0),
         elapsed_s=elapsed,
         attempt=1,
         note=spec.note,
@@ -505,6 +509,7 @@ COLUMNS: list[tuple[str, str, str]] = [
 RAW_EXTRA: list[tuple[str, str, str]] = [
     ("frames/write", "frames_per_write", "{:.2f}"),
     ("fan-out p50 ms", "fanout_p50_ms", "{:.2f}"),
+    ("slowest fan-out ms", "fanout_max_ms", "{:.2f}"),
     ("core-0 softirq %", "server_core_irq_pct", "{:.0f}"),
     ("other procs CPU %", "other_cpu_pct", "{:.0f}"),
     ("connect s", "connect_s", "{:.1f}"),

@@ -95,6 +95,35 @@ async def contract_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.sleep(0.2)
         await send({"type": "websocket.close", "code": 1000})
         return
+    elif path == "/runs":
+        # three sockets; once all are open, the last one's app hands frames to all three in one loop pass:
+        # a gets f1 f2 f3, b and c get f1 f3 (c shares b's joined run, a's must not be reused for them)
+        _RUNS[scope["query_string"].decode()] = scope["extensions"][TRANSPORT_EXTENSION]()
+        if len(_RUNS) == 3:
+            a, b, c = (_RUNS.pop(k) for k in ("a", "b", "c"))
+            frames = [Frame.of({"f": i}) for i in (1, 2, 3)]
+            for proto in (a, b, c):
+                assert proto.try_write(frames[0])
+            assert a.try_write(frames[1])
+            for proto in (a, b, c):
+                assert proto.try_write(frames[2])
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        return
+    elif path == "/parsed":
+        # counts the reads the sans-I/O parser is fed; the text "parsed?" gets the count so far (that read included)
+        proto = scope["extensions"][TRANSPORT_EXTENSION]()
+        feed = proto.conn.receive_data
+        fed = [0]
+
+        def counting_feed(data: bytes) -> None:
+            fed[0] += 1
+            feed(data)
+
+        proto.conn.receive_data = counting_feed
+        while (await receive()).get("text") == "parsed?":
+            await send({"type": "websocket.send", "text": str(fed[0])})
+        return
     elif path == "/close":
         await send({"type": "websocket.close", "code": 4321, "reason": "bye"})
         assert (await receive())["type"] == "websocket.disconnect"
@@ -109,6 +138,9 @@ async def contract_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "websocket.send", "text": message["text"]})
         else:
             await send({"type": "websocket.send", "bytes": message["bytes"]})
+
+
+_RUNS: dict[str, Any] = {}
 
 
 class _CountingTransport:
@@ -210,7 +242,7 @@ class _TimedSocket:
         self.flushed_at: list[float] = []
         self.flushed = asyncio.Event()
 
-    def _write_pending(self, joined: dict[tuple[object, ...], bytes]) -> None:
+    def _write_pending(self, joined: dict[bool, Any]) -> None:
         time.sleep(self.cost)  # the system calls of a large fan-out, blocking the loop as they do
         self.flushed_at.append(self.loop.time())
         self.flushed.set()
@@ -261,6 +293,21 @@ async def test_an_idle_batcher_writes_in_the_next_pass() -> None:
     batcher.add(sock)  # type: ignore[arg-type]
     await sock.next_flush()
     assert sock.flushed_at[1] - added < 0.02
+
+
+async def test_runs_of_different_frames_on_sockets_of_one_flush() -> None:
+    with contract_server() as (url, _):
+        socks = {}
+        for role in ("a", "b", "c"):
+            socks[role] = await websockets.connect(f"{url}/runs?{role}")
+            await asyncio.sleep(0.1)  # open in this order
+        got = {
+            role: [json.loads(await asyncio.wait_for(ws.recv(), 10))["f"] for _ in range(3 if role == "a" else 2)]
+            for role, ws in socks.items()
+        }
+        assert got == {"a": [1, 2, 3], "b": [1, 3], "c": [1, 3]}
+        for ws in socks.values():
+            await ws.close()
 
 
 async def test_text_and_bytes_round_trip(app_url: str) -> None:
@@ -347,6 +394,88 @@ async def test_answered_pings_keep_the_connection() -> None:
             await asyncio.sleep(1.0)  # many keepalive rounds; the client answers each ping
             await ws.send("still here")
             assert await asyncio.wait_for(ws.recv(), 10) == "still here"
+
+
+def _masked(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
+    """A client frame (FIN set, masked, payload under 126 bytes)."""
+    mask = os.urandom(4) if mask is None else mask
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _next_ping(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        opcode, data = await _read_frame(reader)
+        assert opcode == 0x9, (opcode, data)
+        return data
+
+
+async def _parsed_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    writer.write(_masked(0x1, b"parsed?"))
+    opcode, data = await _read_frame(reader)
+    assert opcode == 0x1, (opcode, data)
+    return int(data)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+async def test_pongs_keep_the_connection_whole_or_split(split: bool) -> None:
+    """A pong alone in one read takes the fast path (the parser is not fed it); one split over reads is parsed;
+    both answer the ping."""
+    with contract_server("--ping-interval", "0.1", "--ping-timeout", "0.3") as (url, _):
+        reader, writer = await _raw_handshake(url, "/parsed")
+        writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(6):  # 6 rounds, each answered within the 0.3 s timeout
+            pong = _masked(0xA, await _next_ping(reader))
+            if split:
+                writer.write(pong[:3])
+                await writer.drain()
+                await asyncio.sleep(0.03)
+                writer.write(pong[3:])
+            else:
+                writer.write(pong)
+            await writer.drain()
+        parsed = await _parsed_reads(reader, writer)
+        # whole: only "parsed?" (with the last pong, if they share a read); split: each pong's first part at least
+        assert parsed >= 12 if split else parsed <= 2, parsed
+        writer.close()
+
+
+async def test_pong_shaped_bytes_inside_a_frame_belong_to_the_frame() -> None:
+    """Mid-frame, ten bytes that would read as a pong to the last ping are the frame's mask and payload."""
+    with contract_server("--ping-interval", "0.1", "--ping-timeout", "0.3") as (url, _):
+        reader, writer = await _raw_handshake(url, "/echo")
+        writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ping = await _next_ping(reader)
+        # as a pong: 0x8A 0x84, mask m, payload ping ^ m; as the rest of a binary frame of 6 bytes: its 4-byte
+        # mask (0x8A 0x84 m0 m1) and 6 masked bytes (m2 m3 and the pong's masked payload)
+        m = os.urandom(4)
+        tail = bytes((0x8A, 0x84)) + m + bytes(p ^ k for p, k in zip(ping, m, strict=True))
+        frame_mask, masked = tail[:4], tail[4:]
+        writer.write(bytes((0x82, 0x86)))  # a binary frame's header, alone in its read
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(tail)
+        await writer.drain()
+        opcode, data = await _read_frame(reader)
+        while opcode == 0x9:  # later pings (unanswered)
+            opcode, data = await _read_frame(reader)
+        assert (opcode, data) == (0x2, bytes(b ^ frame_mask[i % 4] for i, b in enumerate(masked)))  # echoed
+        while opcode != 0x8:  # and the ping was never answered
+            opcode, data = await _read_frame(reader)
+        assert struct.unpack("!H", data[:2])[0] == 1011
+        writer.close()
+
+
+async def test_a_pong_to_an_older_ping_is_parsed_and_ignored() -> None:
+    with contract_server("--ping-interval", "0.1", "--ping-timeout", "0.3") as (url, _):
+        reader, writer = await _raw_handshake(url, "/parsed")
+        ping = await _next_ping(reader)
+        writer.write(_masked(0xA, bytes(b ^ 0xFF for b in ping)))  # not this ping's payload
+        await writer.drain()
+        opcode, data = await _read_frame(reader)
+        while opcode != 0x8:
+            opcode, data = await _read_frame(reader)
+        assert struct.unpack("!H", data[:2])[0] == 1011
+        writer.close()
 
 
 async def test_shutdown_closes_1001() -> None:

@@ -74,6 +74,7 @@ class SocketBase(asyncio.Protocol):
     _parts: list[Any] | None
     _decoder: codecs.IncrementalDecoder | None
     _pending: Frame | list[Frame] | None  # one frame as itself: no list (a GC-tracked object) per delivery
+    _run: list[Frame] | None  # the socket's own list for a run of pending frames, kept and reused (see fanout)
     _batcher: WriteBatcher
     _keepalive: Keepalive | None
     _ka_slot: int
@@ -101,6 +102,9 @@ class SocketBase(asyncio.Protocol):
         raise NotImplementedError
 
     def _write_pending_now(self) -> None:
+        raise NotImplementedError
+
+    def _drop_pending(self) -> None:
         raise NotImplementedError
 
     async def _wait_drain(self) -> None:

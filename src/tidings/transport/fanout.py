@@ -99,7 +99,7 @@ class WriteBatcher:
         self.flushes += 1
         self.writes += len(dirty)
         start = time.perf_counter()
-        joined: dict[tuple[object, ...], bytes] = {}
+        joined: dict[bool, tuple[list[Frame], bytes]] = {}
         for proto in dirty:
             try:
                 proto._write_pending(joined)
@@ -152,43 +152,65 @@ class FanoutMixin(SocketBase):
                 # cyclic GC tracks, and thousands of them alive at each collection lengthen every GC pause
                 self._pending = frame
                 self._batcher.add(self)
-            elif isinstance(pending, list):
+            elif pending.__class__ is list:
                 if len(pending) >= PENDING_MAX:
                     return False
                 pending.append(frame)
             else:
-                self._pending = [pending, frame]
+                # a run: in the socket's own list, kept for its life. A new list per socket per flush would
+                # outlive a few young collections (it waits for the window), be promoted, and so bring on the
+                # full collections that pause a node with thousands of sockets for 100 ms and more
+                run = self._run
+                if run is None:
+                    run = self._run = []
+                run.append(pending)  # type: ignore[arg-type]
+                run.append(frame)
+                self._pending = run
             return True
         return False
 
-    def _write_pending(self, joined: dict[tuple[object, ...], bytes]) -> None:
-        """Write the frames :meth:`try_write` took as one ``transport.write``; ``joined`` caches the bytes of frame
-        runs already joined for other sockets in this flush."""
+    def _write_pending(self, joined: dict[bool, tuple[list[Frame], bytes]]) -> None:
+        """Write the frames :meth:`try_write` took as one ``transport.write``. ``joined`` holds, per kind of socket
+        (compressing or not), the last run joined in this flush and its bytes: sockets subscribed alike come one
+        after another and share them."""
         pending = self._pending
         if pending is None:
             return
         self._pending = None
         if self._state is CLOSED or self._aborted or self.transport.is_closing():
+            if pending.__class__ is list:
+                pending.clear()
             return
-        if not isinstance(pending, list):
-            frame = pending
+        compress = self._compress
+        if pending.__class__ is not list:
+            frame: Frame = pending  # type: ignore[assignment]
             # the cached slot first: one attribute read instead of a property call per recipient
-            self.transport.write(frame.wire_deflate if self._compress else (frame._wire or frame.wire))
+            self.transport.write(frame.wire_deflate if compress else (frame._wire or frame.wire))
             return
-        # compressing and plain sockets never share a run: a compressing socket's key starts with True
-        key: tuple[object, ...] = (True, *pending) if self._compress else tuple(pending)
-        data = joined.get(key)
-        if data is None:
-            if self._compress:
-                data = joined[key] = b"".join([frame.wire_deflate for frame in pending])
+        run: list[Frame] = pending
+        last = joined.get(compress)
+        if last is not None and last[0] == run:  # list ==: same frames (identity first, no Frame.__eq__)
+            data = last[1]
+        else:
+            if compress:
+                data = b"".join([frame.wire_deflate for frame in run])
             else:
-                data = joined[key] = b"".join([frame.wire for frame in pending])
+                data = b"".join([frame.wire for frame in run])
+            joined[compress] = (run.copy(), data)
+        run.clear()
         self.transport.write(data)
 
     def _write_pending_now(self) -> None:
         """Write frames taken by :meth:`try_write` ahead of anything else about to be written (order)."""
         if self._pending is not None:
             self._write_pending({})
+
+    def _drop_pending(self) -> None:
+        """Forget the frames taken for the next write (the socket is gone or aborted)."""
+        self._pending = None
+        run = self._run
+        if run:
+            run.clear()
 
     async def send(self, frames: Sequence[Frame]) -> None:
         """Write queued frames as one ``transport.write``, after the buffer has drained; in order with try_write."""
@@ -225,7 +247,7 @@ class FanoutMixin(SocketBase):
         dropped.
         """
         self._ready = False
-        self._pending = None
+        self._drop_pending()
         state = self._state
         if state is CLOSED or self.transport is None:
             return

@@ -8,7 +8,8 @@ import email.utils
 import logging
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import Any
+from types import GeneratorType
+from typing import Any, cast
 from urllib.parse import unquote
 
 from uvicorn.config import Config
@@ -21,6 +22,7 @@ from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from tidings.transport.frames import DEFLATE_WINDOW_BITS
 
@@ -29,6 +31,7 @@ __all__ = [
     "accept_response",
     "asgi_scope",
     "negotiated_deflate",
+    "parser_between_frames",
     "refusal",
     "restart_frame_parser",
     "sansio_protocol",
@@ -141,6 +144,21 @@ def restart_frame_parser(conn: ServerProtocol) -> None:
     if not conn.reader.buffer:
         conn.parser = Protocol.parse(conn)
         next(conn.parser)
+
+
+#: The code of the sans-I/O reader's end-of-stream check: the frame parser waits in it between frames, and only there.
+_BETWEEN_FRAMES = StreamReader.at_eof.__code__
+
+
+def parser_between_frames(conn: ServerProtocol) -> bool:
+    """True when the frame parser has consumed every byte it was fed and waits for the next frame's first byte.
+
+    Only then may a whole frame arriving in one read be handled without the parser (the keepalive's pong fast path):
+    mid-frame (a header read, its payload not yet) or after a close (the parser is replaced) the bytes are the
+    parser's to interpret.
+    """
+    waiting = cast("GeneratorType[None, None, None]", conn.parser).gi_yieldfrom  # None unless suspended in one
+    return getattr(waiting, "gi_code", None) is _BETWEEN_FRAMES and not conn.reader.buffer
 
 
 def refusal(status: int, headers: list[tuple[str, str]], body: bytes) -> Response:

@@ -44,11 +44,12 @@ from tidings.transport.handshake import (
     asgi_scope,
     describe,
     negotiated_deflate,
+    parser_between_frames,
     refusal,
     restart_frame_parser,
     sansio_protocol,
 )
-from tidings.transport.keepalive import KeepaliveMixin, keepalive_for
+from tidings.transport.keepalive import PONG_FRAME_SIZE, KeepaliveMixin, keepalive_for
 
 __all__ = ["CLOSE_TIMEOUT", "TRANSPORT_EXTENSION", "TidingsWebSocketProtocol", "WebSocketState"]
 
@@ -87,6 +88,7 @@ class TidingsWebSocketProtocol(ASGIMixin, FanoutMixin, KeepaliveMixin):
         "_read_paused",
         "_ready",
         "_response",
+        "_run",
         "_sending",
         "_server_state",
         "_state",
@@ -137,6 +139,7 @@ class TidingsWebSocketProtocol(ASGIMixin, FanoutMixin, KeepaliveMixin):
         self._parts = None  # fragments of a message being received
         self._decoder = None
         self._pending = None  # fan-out frames for the next coalesced write
+        self._run = None
         self._batcher = batcher_for(loop, self.write_delay, self.write_window_max)
         self._keepalive = keepalive_for(loop, config.ws_ping_interval, config.ws_ping_timeout)
         self._ka_slot = -1
@@ -171,7 +174,7 @@ class TidingsWebSocketProtocol(ASGIMixin, FanoutMixin, KeepaliveMixin):
         state = self._state
         self._state = CLOSED
         self._ready = False
-        self._pending = None
+        self._drop_pending()
         self._cancel_timer()
         drain = self._drain
         if drain is not None and not drain.done():
@@ -199,8 +202,11 @@ class TidingsWebSocketProtocol(ASGIMixin, FanoutMixin, KeepaliveMixin):
         return None
 
     def data_received(self, data: bytes) -> None:
-        """Feed the sans-I/O protocol and act on what it parsed."""
-        self.conn.receive_data(data)
+        """Feed the sans-I/O protocol and act on what it parsed (a keepalive pong alone in a read skips it)."""
+        conn = self.conn
+        if len(data) == PONG_FRAME_SIZE and parser_between_frames(conn) and self._take_pong(data):
+            return
+        conn.receive_data(data)
         self._process()
 
     def _process(self) -> None:
