@@ -1,14 +1,15 @@
 """Idle connections on one node: memory, idle CPU with the keepalive on, one broadcast to all, none lost.
 
-    .venv/bin/python -m bench.idle [--clients 2000,5000,10000,max] [--idle-s 45] [--sources 4]
-                                   [--output docs/benchmarks-idle.md]
+    .venv/bin/python -m bench.idle [--clients 2000,5000,10000,max] [--idle-s 60] [--sources 4]
+                                   [--ping-interval S] [--output docs/benchmarks-idle.md]
 
 Per N (a fresh `tidings serve` on core 0, the Node client `idleclient.mjs` on core 1): N subscribers connect
 (token-authenticated, subscribed to `room:bench`; 200 handshakes in flight, source addresses 127.0.0.1..
-127.0.0.<sources> in turn), stay idle `--idle-s` seconds while the server pings each every 20 s (uvicorn's
-`ws_ping_interval`, answered by the client), then one `POST /api/publish` must reach all of them. Reported:
-RSS growth per connection, the server's CPU while idle (% of one core), handshakes/s overall and over the last
-1,000, the time for the broadcast to reach all, the deliveries lost and the connections closed meanwhile.
+127.0.0.<sources> in turn), stay idle `--idle-s` seconds while the server pings each silent socket every
+`TIDINGS_PING_INTERVAL` (`--ping-interval`, default the server's; the client answers, and sends nothing else),
+then one `POST /api/publish` must reach all of them. Reported: RSS growth per connection, the server's CPU
+while idle (% of one core), handshakes/s overall and over the last 1,000, the time for the broadcast to reach
+all, the deliveries lost and the connections closed meanwhile.
 `max` is the largest N the open-file limit allows (hard RLIMIT_NOFILE minus a margin, at most 100,000). The
 figures are projected to 100,000 connections by a least-squares line through the measured points.
 """
@@ -43,6 +44,7 @@ from bench.fanout import (
 )
 from bench.servers import ROOT, TIDINGS_CHANNEL, tidings
 from tidings.guard import RESERVED_FDS
+from tidings.settings import Settings
 
 TARGET = 100_000
 MARGIN = 600  # file descriptors the server needs besides its sockets (listening socket, sqlite, logs, ...)
@@ -67,6 +69,8 @@ def one_point(n: int, args: argparse.Namespace, node: str) -> dict[str, float]:
     port = free_port()
     spec = tidings(port, workdir)
     spec.env["TIDINGS_IDLE_TIMEOUT"] = "3600"  # idle by design: the 4001 idle close is not what is measured
+    if args.ping_interval is not None:
+        spec.env["TIDINGS_PING_INTERVAL"] = str(args.ping_interval)
     # the connection caps (defaults 10,000 per node, 256 per client address) raised to what is measured: the load
     # client is N users behind a handful of loopback addresses
     spec.env["TIDINGS_MAX_CONNECTIONS"] = str(n + EXTRA_CONNECTIONS)
@@ -194,6 +198,7 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, command: str,
         a, b = fit([(r["n"], r[key]) for r in rows if r[key] == r[key]])
         proj.append(f"| {label} | {fmt.format(a + b * TARGET)} | {b * 1000:.4g} per 1,000 connections |")
     facts = machine_facts(node)
+    ping_interval = Settings().ping_interval if args.ping_interval is None else args.ping_interval
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return "\n".join(
         [
@@ -208,7 +213,9 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, command: str,
             f"- Command: `{command}`",
             f"- Setup: `tidings serve` on core {args.server_core}, the Node `ws` idle client on core"
             f" {args.client_core}; each subscriber token-authenticated and subscribed to `{TIDINGS_CHANNEL}`;"
-            f" keepalive on (uvicorn's default: a ping every 20 s, 20 s to answer); idle window {args.idle_s:.0f} s;"
+            f" keepalive on: a ping to every silent socket each {ping_interval:g} s (`TIDINGS_PING_INTERVAL`"
+            f"{'' if args.ping_interval is None else ', set by --ping-interval'}), {Settings().ping_timeout:g} s to"
+            f" answer (the client answers at once and sends nothing else); idle window {args.idle_s:.0f} s;"
             f" {args.concurrency} handshakes in flight; source addresses 127.0.0.1-{args.sources};"
             " `TIDINGS_MAX_CONNECTIONS` and `TIDINGS_MAX_CONNECTIONS_PER_IP` raised to N (+100), since the load"
             " client is N users behind a few addresses (defaults 10,000 and 256).",
@@ -234,7 +241,8 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, command: str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.idle", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--clients", default="2000,5000,10000,max")
-    p.add_argument("--idle-s", type=float, default=45.0)
+    p.add_argument("--idle-s", type=float, default=60.0)
+    p.add_argument("--ping-interval", type=float, help="TIDINGS_PING_INTERVAL for the server (default: its own)")
     p.add_argument("--sources", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--server-core", type=int, default=0)

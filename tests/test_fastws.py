@@ -465,6 +465,25 @@ async def test_pong_shaped_bytes_inside_a_frame_belong_to_the_frame() -> None:
         writer.close()
 
 
+async def test_a_socket_that_keeps_sending_is_not_pinged() -> None:
+    """Inbound frames prove the peer alive: a client that talks more often than the ping interval gets no pings
+    (and is not closed for leaving them unanswered); once it falls silent it is pinged, then closed 1011."""
+    with contract_server("--ping-interval", "0.1", "--ping-timeout", "0.3") as (url, _):
+        reader, writer = await _raw_handshake(url, "/echo")  # never answers a ping
+        for i in range(20):  # 1.2 s: twelve ping intervals, four ping timeouts
+            writer.write(_masked(0x1, f"m{i}".encode()))
+            await writer.drain()
+            opcode, data = await _read_frame(reader)
+            assert (opcode, data) == (0x1, f"m{i}".encode())
+            await asyncio.sleep(0.06)
+        opcodes = []
+        while not opcodes or opcodes[-1] != 0x8:
+            opcode, data = await _read_frame(reader)
+            opcodes.append(opcode)
+        assert opcodes[0] == 0x9 and struct.unpack("!H", data[:2])[0] == 1011
+        writer.close()
+
+
 async def test_a_pong_to_an_older_ping_is_parsed_and_ignored() -> None:
     with contract_server("--ping-interval", "0.1", "--ping-timeout", "0.3") as (url, _):
         reader, writer = await _raw_handshake(url, "/parsed")
@@ -489,14 +508,14 @@ async def test_shutdown_closes_1001() -> None:
             assert (ws.close_code, ws.close_reason) == (1001, "Server shutting down")
 
 
-async def _raw_handshake(url: str, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _raw_handshake(url: str, path: str, extra: str = "") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     host, port = url.removeprefix("ws://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         ).encode()
     )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -539,6 +558,26 @@ async def _subscriber(server: LiveServer, user: str, channel: str, **kwargs: Any
         await ws.send(json.dumps({"type": "subscribe", "subscription": channel}))
         await recv_until(ws, "subscription_confirmed")
         yield ws
+
+
+@pytest.mark.parametrize("interval", ["0.2", "0"])
+async def test_ping_settings_reach_the_server(server_factory: Any, interval: str) -> None:
+    """TIDINGS_PING_INTERVAL / _TIMEOUT: a client that never answers is pinged and closed 1011; 0: never pinged."""
+    server = server_factory(env={"TIDINGS_PING_INTERVAL": interval, "TIDINGS_PING_TIMEOUT": "0.3"})
+    server.create_user("pinged")
+    base, _, path = server.ws_url().removeprefix("ws://").partition("/")
+    extra = f"Sec-WebSocket-Protocol: bearer, {server.token('pinged')}\r\n"
+    reader, writer = await _raw_handshake(f"ws://{base}", f"/{path}", extra)
+    opcodes = []
+    try:
+        while not opcodes or opcodes[-1] != 0x8:
+            opcode, data = await asyncio.wait_for(_read_frame(reader), 2.0)
+            opcodes.append(opcode)
+    except TimeoutError:
+        assert interval == "0" and 0x9 not in opcodes, opcodes  # welcome only, and silence
+    else:
+        assert interval != "0" and 0x9 in opcodes and struct.unpack("!H", data[:2])[0] == 1011
+    writer.close()
 
 
 async def test_queued_frames_arrive_intact_and_in_order(server_factory: Any) -> None:

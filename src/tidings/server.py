@@ -156,6 +156,8 @@ def uvicorn_config(
         ws=ws_class if ws_class is not None else "none",
         ws_max_size=settings.max_message_bytes,
         ws_per_message_deflate=settings.per_message_deflate,
+        ws_ping_interval=settings.ping_interval or None,
+        ws_ping_timeout=settings.ping_timeout,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
         forwarded_allow_ips=settings.forwarded_allow_ips,

@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     max_connections_per_user: int = Field(5, ge=1, description="Concurrent WebSocket connections per user.")
     max_message_bytes: int = Field(65536, ge=128, description="Largest inbound WebSocket message; larger closes 1009.")
     idle_timeout: float = Field(300.0, gt=0, description="Seconds without inbound messages before a close (4001).")
+    ping_interval: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Seconds after which a socket that sent nothing (no message, no pong) gets a WebSocket ping "
+        "(0: no pings). Tidings' clients send a heartbeat every 25 s, so they are not pinged.",
+    )
+    ping_timeout: float = Field(
+        20.0, gt=0, le=3600, description="Seconds a ping waits for its pong (or any frame) before a close (1011)."
+    )
     send_queue_max: int = Field(1024, ge=1, description="Outbound frames queued per connection before 4000.")
     rate_limit_per_second: float = Field(50.0, gt=0, description="Inbound messages per second per connection.")
     rate_limit_burst: int = Field(100, ge=1, description="Inbound message burst per connection.")

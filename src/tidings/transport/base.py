@@ -79,6 +79,7 @@ class SocketBase(asyncio.Protocol):
     _keepalive: Keepalive | None
     _ka_slot: int
     _ping_payload: bytes | None
+    _heard: bool  # a data frame came in since the keepalive last scheduled this socket
 
     def _update_ready(self) -> None:
         self._ready = self._state is OPEN and not (self._paused or self._sending or self._aborted)

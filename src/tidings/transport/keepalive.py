@@ -1,5 +1,7 @@
 """Keepalive pings for every socket of a loop from one timer (a timing wheel), not one timer per socket.
 
+A socket that sent a frame since it was last scheduled is alive and is not pinged; a silent one is.
+
 Each open socket sits in one slot of the wheel; a tick every :attr:`Keepalive.tick` seconds takes the slot that is
 due: sockets waiting for a pong time out (close 1011 "keepalive ping timeout"), the others get a ping and move to
 the slot ``ws_ping_timeout`` ahead. A pong moves its socket ``ws_ping_interval`` ahead. The ping frame of one tick
@@ -124,6 +126,7 @@ class KeepaliveMixin(SocketBase):
     def _schedule_ping(self) -> None:
         """(Re)start the ping interval: after the handshake, and on each pong."""
         self._ping_payload = None
+        self._heard = False
         keepalive = self._keepalive
         if keepalive is not None and self._state is OPEN:
             keepalive.schedule(self, keepalive.interval)
@@ -157,9 +160,14 @@ class KeepaliveMixin(SocketBase):
             self._schedule_ping()
 
     def _keepalive_due(self, payload: bytes, frame: bytes) -> None:
-        """The wheel's call: ping, or time out if the last ping is unanswered."""
+        """The wheel's call: ping, or time out if the last ping is unanswered -- unless the peer sent a frame since
+        the socket was last scheduled: that proves it alive as well as a pong would, so it is not pinged (a client
+        with a heartbeat of its own shorter than the interval is never pinged)."""
         keepalive = self._keepalive
         if self._state is not OPEN or keepalive is None:
+            return
+        if self._heard:
+            self._schedule_ping()
             return
         if self._ping_payload is not None:
             self._ping_timed_out()

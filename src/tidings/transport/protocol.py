@@ -77,6 +77,7 @@ class TidingsWebSocketProtocol(ASGIMixin, FanoutMixin, KeepaliveMixin):
         "_disconnect",
         "_drain",
         "_handler",
+        "_heard",
         "_inbox",
         "_ka_slot",
         "_keepalive",
@@ -144,6 +145,7 @@ class TidingsWebSocketProtocol(ASGIMixin, FanoutMixin, KeepaliveMixin):
         self._keepalive = keepalive_for(loop, config.ws_ping_interval, config.ws_ping_timeout)
         self._ka_slot = -1
         self._ping_payload = None
+        self._heard = False
 
     @classmethod
     def configured(
@@ -226,6 +228,7 @@ class TidingsWebSocketProtocol(ASGIMixin, FanoutMixin, KeepaliveMixin):
     def _on_frame(self, frame: WSFrame) -> None:
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+            self._heard = True
             if self._state is OPEN:
                 self._on_data(frame)
         elif opcode is Opcode.PONG:
