@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -270,3 +271,38 @@ async def test_first_start_creates_an_admin_and_the_key_survives_restarts(server
             assert (await recv_json(ws))["type"] == "connection_established"
         finally:
             await ws.close()
+
+
+_STUBBORN = """
+import asyncio, sys
+from tidings.cli import _run_interruptible
+
+async def stubborn() -> int:
+    async def ignore_cancel() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                pass  # a task that never ends (what once kept `tidings listen` from exiting)
+    asyncio.get_running_loop().create_task(ignore_cancel())
+    print("ready", flush=True)
+    while True:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass
+sys.exit(_run_interruptible(stubborn(), grace=0.5))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_command_exits_even_if_its_tasks_do_not_end(sig: signal.Signals) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _STUBBORN], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(sig)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -7,8 +7,10 @@ import asyncio
 import getpass
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from tidings.settings import Settings
@@ -220,6 +222,43 @@ def _local_token(settings: Settings, name: str) -> str | None:
     return asyncio.run(run())
 
 
+#: Seconds an interrupted command gets to close its connection and end its tasks before it exits anyway.
+EXIT_GRACE = 5.0
+
+
+def _run_interruptible(main: Coroutine[Any, Any, int], grace: float = EXIT_GRACE) -> int:
+    """Run ``main`` until it returns, or until SIGINT / SIGTERM cancels it (exit status 0).
+
+    Bounded, unlike ``asyncio.run``, whose clean-up waits for every task without a limit: after a signal, the
+    main task gets ``grace`` seconds to finish its own clean-up, then tasks still left get ``grace`` more, and the
+    process exits whatever is still pending.
+    """
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(main)
+
+    def interrupted() -> None:
+        task.cancel()
+        loop.call_later(grace, loop.stop)  # a clean-up that does not end in time is abandoned
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        return 0
+    except RuntimeError:
+        if task.done():  # the command's own error
+            raise
+        return 0  # stopped: the clean-up did not end in time
+    finally:
+        left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in left:
+            t.cancel()
+        if left:
+            loop.run_until_complete(asyncio.wait(left, timeout=grace))
+        loop.close()
+
+
 def _listen(args: argparse.Namespace, settings: Settings) -> int:
     from tidings.client import listen
 
@@ -228,10 +267,7 @@ def _listen(args: argparse.Namespace, settings: Settings) -> int:
     if not token:
         print(f"error: no active user {args.user!r}", file=sys.stderr)
         return 1
-    try:
-        return asyncio.run(listen(ws_url, token, args.channels))
-    except KeyboardInterrupt:
-        return 0
+    return _run_interruptible(listen(ws_url, token, args.channels))
 
 
 def _publish(args: argparse.Namespace, settings: Settings) -> int:
