@@ -198,7 +198,8 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, command: str,
         a, b = fit([(r["n"], r[key]) for r in rows if r[key] == r[key]])
         proj.append(f"| {label} | {fmt.format(a + b * TARGET)} | {b * 1000:.4g} per 1,000 connections |")
     facts = machine_facts(node)
-    ping_interval = Settings().ping_interval if args.ping_interval is None else args.ping_interval
+    defaults = Settings()
+    ping_interval = defaults.ping_interval if args.ping_interval is None else args.ping_interval
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return "\n".join(
         [
@@ -214,7 +215,7 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, command: str,
             f"- Setup: `tidings serve` on core {args.server_core}, the Node `ws` idle client on core"
             f" {args.client_core}; each subscriber token-authenticated and subscribed to `{TIDINGS_CHANNEL}`;"
             f" keepalive on: a ping to every silent socket each {ping_interval:g} s (`TIDINGS_PING_INTERVAL`"
-            f"{'' if args.ping_interval is None else ', set by --ping-interval'}), {Settings().ping_timeout:g} s to"
+            f"{'' if args.ping_interval is None else ', set by --ping-interval'}), {defaults.ping_timeout:g} s to"
             f" answer (the client answers at once and sends nothing else); idle window {args.idle_s:.0f} s;"
             f" {args.concurrency} handshakes in flight; source addresses 127.0.0.1-{args.sources};"
             " `TIDINGS_MAX_CONNECTIONS` and `TIDINGS_MAX_CONNECTIONS_PER_IP` raised to N (+100), since the load"

@@ -1,5 +1,6 @@
 """Idempotent publish: a repeated key returns the original offset and delivers nothing (memory and Redis), including
-when the connection to Redis dies between the script's write and its reply."""
+when the connection to Redis dies between the script's write and its reply; and without a key, redis-py's own retry
+of one call after such a lost reply publishes once."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tidings.broker import BrokerUnavailable, MemoryBroker, Publication
 from tidings.broker.idempotency import IdempotencyCache
 from tidings.broker.redis import RedisBroker
 from tidings.messages import publication_body
-from tidings.publisher import Publisher
+from tidings.publisher import Publisher, SyncPublisher
 
 REDIS = ("127.0.0.1", 6379)
 
@@ -194,22 +195,87 @@ async def test_redis_reply_lost_then_retry_delivers_exactly_once(redis_node: Any
 
 
 @pytest.mark.redis
-async def test_redis_reply_lost_without_a_key_delivers_twice(redis_node: Any) -> None:
-    """The control: the same fault without a key publishes the retry again (so the test above can fail)."""
+async def test_redis_keyless_calls_are_separate_publications(redis_node: Any) -> None:
+    """A call's own token does not make two calls one: the same data published twice without a key goes out twice."""
+    prefix, broker, seen = redis_node
+    await broker.subscribe("room:idem")
+    publisher = Publisher("redis://127.0.0.1:6379/0", prefix=prefix)
+    try:
+        marker = f"job-{secrets.token_hex(4)}"
+        first = await publisher.publish("room:idem", {"marker": marker})
+        again = await publisher.publish("room:idem", {"marker": marker})
+        assert again["offset"] == first["offset"] + 1 and not first["duplicate"] and not again["duplicate"]
+        assert len(await _deliveries(seen, marker)) == 2
+    finally:
+        await publisher.close()
+
+
+# ---- Redis: a dropped reply that redis-py retries by itself, without a key ------------------------------------
+@pytest.mark.redis
+async def test_node_broker_reply_lost_without_a_key_is_published_once(redis_node: Any) -> None:
+    """The node's broker: redis-py retries the publish script after the lost reply; the retry must not publish again.
+
+    (Before each call carried a token of its own, this published twice and returned the second offset.)
+    """
+    prefix, _, _ = redis_node
+    proxy = ReplyDropper()
+    await proxy.start()
+    seen: list[Publication] = []
+    broker = RedisBroker(f"redis://127.0.0.1:{proxy.port}/0", prefix=prefix)
+    await broker.start(seen.append)
+    try:
+        await broker.subscribe("room:idem")
+        await broker.publish("room:idem", publication_body("room:idem", {"warmup": True}))  # loads the script
+        marker = f"job-{secrets.token_hex(4)}"
+        proxy.armed_marker = marker.encode()
+        pub = await broker.publish("room:idem", publication_body("room:idem", {"marker": marker}))
+        assert proxy.dropped == 1
+        delivered = await _deliveries(seen, marker)
+        assert [p.offset for p in delivered] == [pub.offset], "one publication, at the offset returned"
+        assert pub.duplicate is False, "the caller made one call: not a duplicate"
+        history = await broker.recover("room:idem", 0, pub.epoch)
+        assert sum(marker.encode() in p.frame.payload for p in history.publications) == 1
+    finally:
+        await broker.close()
+        await proxy.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_publisher_reply_lost_without_a_key_is_published_once(redis_node: Any, flavour: str) -> None:
+    """A worker's Publisher: the same lost reply, retried by redis-py inside one call, publishes once."""
     prefix, broker, seen = redis_node
     await broker.subscribe("room:idem")
     proxy = ReplyDropper()
     await proxy.start()
-    publisher = Publisher(f"redis://127.0.0.1:{proxy.port}/0", prefix=prefix)
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    marker = f"job-{secrets.token_hex(4)}"
     try:
-        await publisher.publish("room:idem", {"warmup": True})
-        marker = f"job-{secrets.token_hex(4)}"
-        proxy.armed_marker = marker.encode()
-        await _publish_with_retry(publisher, {"marker": marker}, key=None)
+        if flavour == "async":
+            publisher = Publisher(url, prefix=prefix)
+            try:
+                await publisher.publish("room:idem", {"warmup": True})
+                proxy.armed_marker = marker.encode()
+                reply = await publisher.publish("room:idem", {"marker": marker})
+            finally:
+                await publisher.close()
+        else:
+
+            def publish_sync() -> dict[str, Any]:
+                sync = SyncPublisher(url, prefix=prefix)
+                try:
+                    sync.publish("room:idem", {"warmup": True})
+                    proxy.armed_marker = marker.encode()
+                    return sync.publish("room:idem", {"marker": marker})
+                finally:
+                    sync.close()
+
+            reply = await asyncio.to_thread(publish_sync)
         assert proxy.dropped == 1
-        assert len(await _deliveries(seen, marker)) == 2
+        delivered = await _deliveries(seen, marker)
+        assert [p.offset for p in delivered] == [reply["offset"]]
+        assert reply["duplicate"] is False
     finally:
-        await publisher.close()
         await proxy.close()
 
 

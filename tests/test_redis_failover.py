@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,18 @@ async def test_channels_spread_over_the_three_masters(redis_cluster: ClusterDepl
 
 
 async def _publish_numbered(node: LiveServer, channel: str, total: int, acked: list[dict[str, Any]]) -> None:
-    """Publish ``{"n": 0..total-1}`` on ``channel`` through node's REST API, retrying each one through 503s."""
+    """Publish ``{"n": 0..total-1}`` on ``channel`` through node's REST API, retrying each one through 503s.
+
+    A retry after a timeout or a 503 cannot know whether the first try was published, so, as a real client must,
+    each publication carries its own Idempotency-Key: a retry of one already made returns its original position.
+    """
+    run = secrets.token_hex(4)
     async with httpx.AsyncClient(base_url=node.url, headers=node.admin_headers(), timeout=10) as http:
         for n in range(total):
+            key = {"Idempotency-Key": f"{run}-{channel}-{n}"}
             while True:
                 try:
-                    resp = await http.post("/api/publish", json={"channel": channel, "data": {"n": n}})
+                    resp = await http.post("/api/publish", json={"channel": channel, "data": {"n": n}}, headers=key)
                 except httpx.HTTPError:
                     resp = None
                 if resp is not None and resp.status_code == 200:

@@ -16,6 +16,7 @@ messages a channel keeps: ``TIDINGS_DURABLE_HISTORY_SIZE`` (default 1000).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -198,6 +199,9 @@ class DurableHistoryBroker:
         and shows as a gap in later replays; the publication itself has gone out)."""
         pub = await self.inner.publish(channel, body, idempotency_key=idempotency_key)
         if self.history.durable(channel) and not getattr(pub, "duplicate", False):
+            # The memory broker has delivered already and the write batcher's flush is queued for this loop
+            # pass: let it write to the sockets before the store's ORM work holds the loop for a millisecond or two.
+            await asyncio.sleep(0)
             try:
                 await self.history.store(pub)
             except Exception:

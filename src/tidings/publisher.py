@@ -22,14 +22,17 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from redis.typing import EncodableT
 
 from tidings.broker.base import BrokerUnavailable
 from tidings.broker.keys import Keys
-from tidings.broker.redis_scripts import PUBLISH, body_head
+from tidings.broker.redis_scripts import PUBLISH, body_head, dedup_record
 from tidings.broker.urls import BrokerURL, is_redis_url, parse_broker_url
 from tidings.channels import CONTROL_CHANNEL, disconnect_command
 from tidings.messages import event_body, publication_body
@@ -37,6 +40,10 @@ from tidings.protocol import CHANNEL_RE
 from tidings.settings import Settings
 
 __all__ = ["Publisher", "SyncPublisher"]
+
+#: redis-py's retries of one call (5 s timeout, 2 s to connect, 6 tries, at most 1 s apart) end well inside
+#: RETRY_RECORD_TTL, so a retry always finds the record the call's first run left (see ``dedup_record``).
+_RETRIES = 5
 
 _ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError, ReadOnlyError)
 
@@ -76,11 +83,9 @@ class _Messages:
             self.command,
             self.check,
         ]
-        keys = self.keys.stream(channel)
-        if idempotency_key is not None:
-            keys.append(self.keys.idem(channel, idempotency_key))
-            args.append(self.idempotency_ttl)
-        return keys, args
+        record, record_ttl = dedup_record(self.keys, channel, idempotency_key, self.idempotency_ttl)
+        args.append(record_ttl)
+        return [*self.keys.stream(channel), record], args
 
     @staticmethod
     def publication(channel: str, data: Any) -> bytes:
@@ -115,9 +120,10 @@ class _Messages:
         return {"type": "admin_notification", "category": category, "message": message}
 
 
-def _result(channel: str, reply: Any) -> dict[str, Any]:
+def _result(channel: str, reply: Any, keyed: bool) -> dict[str, Any]:
     offset, epoch, *seen = reply
-    return {"channel": channel, "offset": int(offset), "epoch": epoch.decode(), "duplicate": bool(seen)}
+    duplicate = bool(seen) and keyed  # without a key, a record seen again is redis-py retrying this very call
+    return {"channel": channel, "offset": int(offset), "epoch": epoch.decode(), "duplicate": duplicate}
 
 
 def _target(url: str) -> BrokerURL:
@@ -149,7 +155,8 @@ class Publisher:
     ) -> None:
         target = _target(url)
         self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target, idempotency_ttl)
-        self._client: Any = target.async_client(socket_timeout=5.0, socket_connect_timeout=2.0)
+        retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.01, cap=1), _RETRIES)
+        self._client: Any = target.async_client(socket_timeout=5.0, socket_connect_timeout=2.0, retry=retry)
         self._script = self._client.register_script(PUBLISH)
 
     @classmethod
@@ -171,7 +178,7 @@ class Publisher:
             reply = await self._script(keys=keys, args=args)
         except _ERRORS as exc:
             raise BrokerUnavailable(f"Redis unavailable: {exc}") from exc
-        return _result(channel, reply)
+        return _result(channel, reply, key is not None)
 
     async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> dict[str, Any]:
         """Publish ``data``: subscribers get ``{"type": "publication", "channel", "data", "offset", "epoch"}``."""
@@ -230,7 +237,8 @@ class SyncPublisher:
     ) -> None:
         target = _target(url)
         self._messages = _Messages(prefix, history_size, history_ttl, history_max_bytes, target, idempotency_ttl)
-        self._client: Any = target.sync_client(socket_timeout=5.0, socket_connect_timeout=2.0)
+        retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), _RETRIES)
+        self._client: Any = target.sync_client(socket_timeout=5.0, socket_connect_timeout=2.0, retry=retry)
         self._script = self._client.register_script(PUBLISH)
 
     @classmethod
@@ -252,7 +260,7 @@ class SyncPublisher:
             reply = self._script(keys=keys, args=args)
         except _ERRORS as exc:
             raise BrokerUnavailable(f"Redis unavailable: {exc}") from exc
-        return _result(channel, reply)
+        return _result(channel, reply, key is not None)
 
     def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> dict[str, Any]:
         """Publish ``data``: subscribers get ``{"type": "publication", "channel", "data", "offset", "epoch"}``."""

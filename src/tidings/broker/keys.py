@@ -7,6 +7,7 @@ Cluster shard) and a script can touch them together; node-wide data (the registr
     P:{<channel>}:hist     stream  entry id "<offset>-0", field p = the final JSON bytes  (trimmed by count and bytes)
     P:{<channel>}:pub      pub/sub channel (SPUBLISH in cluster mode) carrying the final JSON bytes
     P:{<channel>}:idem:<K> string  "<offset> <epoch>" of the publish with idempotency key K   EX idempotency_ttl
+    P:{<channel>}:try:<T>  string  the same, for one keyless publish call's token T           EX 60 (its retries)
     P:{<channel>}:pconn    hash    node.conn -> user id             (presence: one field per connection)
     P:{<channel>}:pcount   hash    user id -> connections in the channel
     P:{<channel>}:pusers   zset    user id scored by user id        (member count = ZCARD, pages by score)
@@ -60,6 +61,10 @@ class Keys:
     def pub(self, channel: str) -> str:
         """The channel's pub/sub channel."""
         return self._ch(channel, "pub")
+
+    def attempt(self, channel: str, token: str) -> str:
+        """The record of one keyless publish call (token ``T``): makes the client library's retries of it safe."""
+        return self._ch(channel, f"try:{token}")
 
     def idem(self, channel: str, key: str) -> str:
         """An idempotency key's record on the channel (``"<offset> <epoch>"``, EX idempotency_ttl; same slot)."""

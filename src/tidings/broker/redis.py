@@ -266,20 +266,22 @@ class RedisBroker:
         """Run the publish script: offset, history, ``(S)PUBLISH`` of the final bytes, atomically.
 
         With ``idempotency_key`` the script first looks the key up (cluster-wide, in the channel's slot): a repeat
-        within ``idempotency_ttl`` returns the original position and publishes nothing.
+        within ``idempotency_ttl`` returns the original position and publishes nothing. Without one, the call
+        carries a token of its own (:func:`~tidings.broker.redis_scripts.dedup_record`), so redis-py's retry after a
+        lost reply cannot publish twice.
         """
         head = lua.body_head(body)
         size = None if self.history_limit is None else self.history_limit(channel)
         size = self.history_size if size is None else size
         args: list[EncodableT] = [head, new_epoch(), size, self.history_ttl, self.history_max_bytes]
         args += [self._cmd, self._check]
-        keys = self.keys.stream(channel)
-        if idempotency_key is not None:
-            keys.append(self.keys.idem(channel, idempotency_key))
-            args.append(self.idempotency_ttl)
+        record, record_ttl = lua.dedup_record(self.keys, channel, idempotency_key, self.idempotency_ttl)
+        keys = [*self.keys.stream(channel), record]
+        args.append(record_ttl)
         offset, epoch, *seen = await self._call(lambda: self._publish(keys=keys, args=args))
         payload = b'%s"offset":%d,"epoch":"%s"}' % (head, offset, epoch)
-        return Publication(channel, int(offset), epoch.decode(), Frame(payload), duplicate=bool(seen))
+        duplicate = bool(seen) and idempotency_key is not None  # a token seen again: redis-py retried this call
+        return Publication(channel, int(offset), epoch.decode(), Frame(payload), duplicate=duplicate)
 
     async def position(self, channel: str) -> tuple[int, str]:
         """The channel's latest offset and epoch (creates the channel's metadata, and epoch, if missing).

@@ -14,6 +14,8 @@ record per connection (user, info, the channels it was present in) is pushed on 
 
 from __future__ import annotations
 
+import secrets
+
 from tidings.broker.keys import Keys
 
 __all__ = [
@@ -28,9 +30,11 @@ __all__ = [
     "PUBLISH",
     "REAPED_MAX",
     "RECOVER",
+    "RETRY_RECORD_TTL",
     "STATS",
     "Keys",
     "body_head",
+    "dedup_record",
     "parse_position",
 ]
 
@@ -45,6 +49,23 @@ def body_head(body: bytes) -> bytes:
     """``body`` (a JSON object) without its closing ``}``, ready for ``"offset":...`` (as ``with_position``)."""
     head = body.rstrip()[:-1].rstrip()
     return head if head.endswith(b"{") else head + b","
+
+
+#: Seconds a keyless publish call's record lives: longer than the client library's retries of that one call take.
+RETRY_RECORD_TTL = 60
+
+
+def dedup_record(keys: Keys, channel: str, idempotency_key: str | None, idempotency_ttl: int) -> tuple[str, int]:
+    """The publish script's ``KEYS[4]`` and ``ARGV[8]``: the caller's idempotency key, else a token of this call.
+
+    redis-py retries a command whose reply was lost (a dropped connection, a timeout), and the script may already
+    have run. With a fresh token per call, such a retry finds the record the first run left and gets the original
+    position back instead of publishing a second time. A repeat that the script reports for a token is therefore
+    not a duplicate to the caller: it is the same call.
+    """
+    if idempotency_key is not None:
+        return keys.idem(channel, idempotency_key), idempotency_ttl
+    return keys.attempt(channel, secrets.token_hex(8)), RETRY_RECORD_TTL
 
 
 def parse_position(payload: bytes) -> tuple[int, str]:
@@ -88,8 +109,9 @@ end
 # Offset assignment, history append (bounded by count and bytes) and fan-out in one atomic step.
 # KEYS: meta, hist, pub. ARGV: body_head(body), epoch for a new stream, history_size, history_ttl,
 # history_max_bytes (0: no byte bound), 'PUBLISH' or 'SPUBLISH', '1' to start a new epoch after a failover.
-# Returns {offset, epoch}. Optional KEYS[4] (an idempotency key's record) with ARGV[8] (its TTL): when the key was
-# seen within its TTL nothing is stored or published and the original {offset, epoch, 1} is returned.
+# Returns {offset, epoch}. Optional KEYS[4] (an idempotency key's record, or one call's token: see dedup_record) with
+# ARGV[8] (its TTL): when the key was seen within its TTL nothing is stored or published and the original
+# {offset, epoch, 1} is returned.
 # The epoch is created with the channel's metadata; if the metadata was lost (TTL, a Redis
 # restart without persistence, a failover that lost it) the next publish starts a new epoch at offset 1 and drops
 # any stale history. History keeps the newest entries whose total size is at most history_max_bytes: the oldest

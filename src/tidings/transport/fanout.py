@@ -178,8 +178,7 @@ class FanoutMixin(SocketBase):
             return
         self._pending = None
         if self._state is CLOSED or self._aborted or self.transport.is_closing():
-            if pending.__class__ is list:
-                pending.clear()
+            self._drop_pending()
             return
         compress = self._compress
         if pending.__class__ is not list:

@@ -143,21 +143,14 @@ class KeepaliveMixin(SocketBase):
         At 100,000 idle sockets one pong each per ping interval is most of the node's idle work; here it costs a
         few comparisons instead of the parser's generator chain, a frame object and an event list.
         """
-        payload = self._ping_payload
-        if (
-            payload is not None
-            and data[0] == _PONG_HEAD
-            and data[1] == _MASKED_4
-            and self._state is OPEN
-            and apply_mask(data[6:], data[2:6]) == payload
-        ):
+        return data[0] == _PONG_HEAD and data[1] == _MASKED_4 and self._on_pong(apply_mask(data[6:], data[2:6]))
+
+    def _on_pong(self, data: bytes | bytearray | memoryview) -> bool:
+        """A pong's payload: True if it answers the ping outstanding on an open socket (which is rescheduled)."""
+        if self._state is OPEN and self._ping_payload is not None and data == self._ping_payload:
             self._schedule_ping()
             return True
         return False
-
-    def _on_pong(self, data: bytes | bytearray | memoryview) -> None:
-        if self._state is OPEN and self._ping_payload is not None and data == self._ping_payload:
-            self._schedule_ping()
 
     def _keepalive_due(self, payload: bytes, frame: bytes) -> None:
         """The wheel's call: ping, or time out if the last ping is unanswered -- unless the peer sent a frame since
