@@ -520,9 +520,15 @@ RAW_EXTRA: list[tuple[str, str, str]] = [
 Row = tuple[str, int, dict[str, float], int]
 
 
+def by_server(results: list[RunResult]) -> list[RunResult]:
+    """``results`` grouped by server (in the order they were first measured), then N, then run."""
+    order = {name: i for i, name in enumerate(dict.fromkeys(r.server for r in results))}
+    return sorted(results, key=lambda r: (order[r.server], r.n, r.run))
+
+
 def median_rows(results: list[RunResult]) -> list[Row]:
     groups: dict[tuple[str, int], list[RunResult]] = {}
-    for r in results:
+    for r in by_server(results):
         groups.setdefault((r.server, r.n), []).append(r)
     rows = []
     for (server, n), rs in groups.items():
@@ -547,7 +553,8 @@ def raw_table(results: list[RunResult]) -> tuple[list[str], list[list[str]]]:
     cols = COLUMNS + RAW_EXTRA
     header = ["server", "N", "run", *(h for h, _, _ in cols)]
     rows = [
-        [r.server, f"{r.n:,}", str(r.run), *(f.format(getattr(r, a)) for _, a, f in cols)] for r in results
+        [r.server, f"{r.n:,}", str(r.run), *(f.format(getattr(r, a)) for _, a, f in cols)]
+        for r in by_server(results)
     ]
     return header, rows
 
@@ -729,7 +736,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--messages", type=int, default=200, help="K, broadcasts in the throughput phase")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--size", type=int, default=64, help="target delivered frame size in bytes")
-    p.add_argument("--paced", type=int, default=20, help="single broadcasts measured for latency")
+    p.add_argument("--paced", type=int, default=100, help="single broadcasts measured for latency")
     p.add_argument("--warmup", type=int, default=2, help="single broadcasts before those, not measured")
     p.add_argument("--gap-ms", type=int, default=100, help="pause between single broadcasts")
     p.add_argument("--idle-s", type=float, default=2.0, help="idle time before the RSS reading")
@@ -840,9 +847,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: list[RunResult] = []
     failures: list[str] = []
-    for name in opt.servers:
+    failed: set[tuple[str, int]] = set()
+    # Round robin: run 1 of every server, then run 2, ...: a drift in the machine's speed during the benchmark
+    # then touches every server alike instead of favouring the ones measured first.
+    for run in range(1, opt.runs + 1):
         for n in opt.clients:
-            for run in range(1, opt.runs + 1):
+            for name in opt.servers:
+                if (name, n) in failed:
+                    continue  # the other runs of this point would most likely fail the same way
                 label = f"{name} N={n} run {run}/{opt.runs}"
                 print(f"fanout: {label} ...", end=" ", flush=True)
                 try:
@@ -851,7 +863,8 @@ def main(argv: list[str] | None = None) -> int:
                     print("FAILED")
                     print("  " + str(exc).replace("\n", "\n  "), flush=True)
                     failures.append(f"{label}: {str(exc).splitlines()[0]}")
-                    break  # the other runs of this point would most likely fail the same way
+                    failed.add((name, n))
+                    continue
                 results.append(r)
                 print(describe(r), flush=True)
     print()
