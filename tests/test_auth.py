@@ -19,7 +19,9 @@ from tests.conftest import LiveServer, _run_in_thread, connected, expect_close, 
 from tidings.auth import (
     MAX_USER_CACHE_TTL,
     AuthError,
+    Credentials,
     TokenAuthenticator,
+    VerifiedTokens,
     create_access_token,
     decode_access_token,
     hash_password,
@@ -178,6 +180,52 @@ async def test_token_authenticator_user_cache_is_short_and_checks_every_token() 
     with pytest.raises(AuthError, match="User not found or inactive"):  # misses are not cached
         await auth.authenticate_request(token)
     assert calls == ["ann", "ann", "ann", "ann", "ann"]
+
+
+async def test_a_verified_token_is_reused_until_it_expires_and_checked_again_after() -> None:
+    """The verified-token cache: a token seen before skips the signature check, never the expiry; revocation and
+    the credential version are still asked on every use."""
+    users = {"ann": Credentials(UserInfo(1, "ann"), 0)}
+    revoked: set[str] = set()
+    asked: list[str] = []
+
+    async def lookup(name: str) -> Credentials | None:
+        return users.get(name)
+
+    async def is_revoked(token_id: str) -> bool:
+        asked.append(token_id)
+        return token_id in revoked
+
+    auth = TokenAuthenticator(SECRET, lookup, is_revoked=is_revoked)
+    token = create_access_token("ann", SECRET, 2)  # exp is whole seconds: valid for at least one more second
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    await auth.authenticate(token)
+    await auth.authenticate(token)
+    assert len(auth._tokens) == 1 and asked == [claims["jti"]] * 2
+    revoked.add(claims["jti"])
+    with pytest.raises(AuthError, match="Token revoked"):  # a cached token is still checked for revocation
+        await auth.authenticate(token)
+    revoked.clear()
+    users["ann"] = Credentials(UserInfo(1, "ann"), 1)  # a new password
+    with pytest.raises(AuthError, match="Credentials changed"):
+        await auth.authenticate(token)
+    users["ann"] = Credentials(UserInfo(1, "ann"), 0)
+    await asyncio.sleep(max(0.0, claims["exp"] - time.time()) + 0.05)
+    with pytest.raises(AuthError, match="Token expired"):  # the cached entry does not outlive its exp
+        await auth.authenticate(token)
+    with pytest.raises(AuthError, match="Token expired"):  # nor is it re-added
+        await auth.authenticate(token)
+    assert len(auth._tokens) == 0
+
+
+def test_the_verified_token_cache_is_bounded() -> None:
+    cache = VerifiedTokens(SECRET, max_entries=3)
+    tokens = [create_access_token(f"u{i}", SECRET, 60) for i in range(4)]
+    for token in tokens:
+        assert cache.decode(token).username.startswith("u")
+    assert len(cache) == 1  # cleared when full, then the fourth added
+    with pytest.raises(AuthError, match="Invalid token"):
+        cache.decode(tokens[0][:-2] + ("AA" if not tokens[0].endswith("AA") else "BB"))
 
 
 # ---- live: the token endpoint and refusals -------------------------------------------------------------------

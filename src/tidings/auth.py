@@ -137,6 +137,42 @@ UserLookup = Callable[[str], Awaitable[UserInfo | Credentials | None]]
 RevocationCheck = Callable[[str], Awaitable[bool]]
 
 
+#: Tokens whose signature was checked, kept so a client that sends the same token on every request (a publisher in
+#: a loop) is not verified from scratch each time; cleared when full.
+_VERIFIED_MAX = 4096
+
+
+class VerifiedTokens:
+    """``token -> VerifiedToken`` for tokens that passed :func:`decode_access_token` once.
+
+    A token's signature and claims never change, so only its expiry is checked again on a hit. This skips the
+    HMAC and the JSON and base64 decoding, about a tenth of the loop's work per ``POST /api/publish``.
+    Revocation and the credential version are still checked on every use (by :class:`TokenAuthenticator`).
+    """
+
+    def __init__(self, secret: str, max_entries: int = _VERIFIED_MAX) -> None:
+        self._secret = secret
+        self._max = max_entries
+        self._tokens: dict[str, VerifiedToken] = {}
+
+    def decode(self, token: str) -> VerifiedToken:
+        """:func:`decode_access_token`, from the cache when ``token`` was verified before and has not expired."""
+        hit = self._tokens.get(token)
+        if hit is not None:
+            if hit.expires_at <= time.time():  # as PyJWT: expired once exp is reached
+                del self._tokens[token]
+                raise AuthError("Token expired")
+            return hit
+        verified = decode_access_token(token, self._secret)
+        if len(self._tokens) >= self._max:
+            self._tokens.clear()
+        self._tokens[token] = verified
+        return verified
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
 #: Longest time a looked-up user may be reused: a deactivation or role change takes effect within it.
 MAX_USER_CACHE_TTL = 2.0
 _USER_CACHE_MAX = 1024
@@ -161,6 +197,7 @@ class TokenAuthenticator:
         is_revoked: RevocationCheck | None = None,
     ) -> None:
         self._secret = secret
+        self._tokens = VerifiedTokens(secret)
         self._lookup = lookup
         self._is_revoked = is_revoked
         self._ttl = max(0.0, min(cache_ttl, MAX_USER_CACHE_TTL))
@@ -175,7 +212,7 @@ class TokenAuthenticator:
         """Verify the token (signature, expiry, revocation, credential version) and find its active user.
 
         With ``cached``, the user may come from the short cache (HTTP requests)."""
-        verified = decode_access_token(token, self._secret)
+        verified = self._tokens.decode(token)
         if verified.token_id is not None and self._is_revoked is not None and await self._is_revoked(verified.token_id):
             raise AuthError("Token revoked")
         name = verified.username
