@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import DateTime, Integer, String, Text, UniqueConstraint, delete, select
+from sqlalchemy import DateTime, Integer, String, Text, UniqueConstraint, delete, insert, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tidings.broker import Broker, HistoryResult, Publication, PublicationHandler
@@ -52,6 +52,9 @@ class ChannelMessage(Base):
     offset: Mapped[int] = mapped_column(Integer)
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+_INSERT = insert(ChannelMessage)
 
 
 @dataclass(slots=True)
@@ -83,9 +86,9 @@ class DurableHistory:
 
     async def store(self, pub: Publication) -> None:
         """Keep one publication (and trim the channel to ``keep`` messages now and then)."""
-        row = ChannelMessage(channel=pub.channel, epoch=pub.epoch, offset=pub.offset, payload=pub.frame.text)
-        async with self.db.session() as session:
-            session.add(row)
+        row = {"channel": pub.channel, "epoch": pub.epoch, "offset": pub.offset, "payload": pub.frame.text}
+        async with self.db.engine.begin() as conn:  # a plain INSERT: no ORM unit of work per publication
+            await conn.execute(_INSERT, row)
         count = self._since_trim.get(pub.channel, 0) + 1
         self._since_trim[pub.channel] = count
         if count >= TRIM_EVERY:
