@@ -346,7 +346,7 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
     spec: ServerSpec = ADAPTERS[name](port, workdir)
     server_log, client_log = workdir / "server.log", workdir / "client.log"
     nofile = nofile_for(n)
-    pythonpath = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))
+    pythonpath = os.pathsep.join(filter(None, [spec.env.get("PYTHONPATH"), os.environ.get("PYTHONPATH"), str(ROOT)]))
     env = {**os.environ, **spec.env, "PYTHONPATH": pythonpath}
     with server_log.open("wb") as slog:
         server = subprocess.Popen(

@@ -159,11 +159,29 @@ def tidings_variant(
     return adapter
 
 
+def tidings_before(port: int, workdir: Path) -> ServerSpec:
+    """:func:`tidings` running an older checkout's code: ``TIDINGS_BENCH_BEFORE`` names its directory (e.g. a
+    ``git worktree`` of the commit before a change), so a change is measured against the code it replaced in the
+    same run, under the same harness. Only the ``tidings`` package comes from there; the libraries are this
+    environment's."""
+    before = os.environ.get("TIDINGS_BENCH_BEFORE")
+    if not before or not (Path(before) / "src" / "tidings").is_dir():
+        raise RuntimeError("tidings-before needs TIDINGS_BENCH_BEFORE=<a checkout of an older commit>")
+    spec = tidings(port, workdir)
+    spec.env["PYTHONPATH"] = str(Path(before) / "src")
+    revision = subprocess.run(
+        ["git", "-C", before, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    spec.note = f"{spec.note}; the code of {revision or before}"
+    return spec
+
+
 #: The write delay of the ``tidings-wd`` row (seconds).
 BENCH_WRITE_DELAY = "0.005"
 
 ADAPTERS: dict[str, Callable[[int, Path], ServerSpec]] = {
     "tidings": tidings,
+    "tidings-before": tidings_before,
     "tidings-wd": tidings_variant(
         "tidings_wd", {"TIDINGS_WRITE_DELAY": BENCH_WRITE_DELAY}, f"TIDINGS_WRITE_DELAY={BENCH_WRITE_DELAY}"
     ),
