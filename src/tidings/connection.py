@@ -60,6 +60,9 @@ class ConnectionState(Enum):
     CLOSED = 3
 
 
+_OPEN = ConnectionState.OPEN  # read once per delivery: a module global, not an attribute of the enum class
+
+
 class Connection:
     """A client connection as the hub sees it."""
 
@@ -123,7 +126,7 @@ class Connection:
 
     def enqueue(self, frame: Frame) -> None:
         """Send ``frame`` without waiting: write now, or queue, or disconnect a client that cannot keep up."""
-        if self.state is not ConnectionState.OPEN:
+        if self.state is not _OPEN:
             return
         queue = self._queue
         if not queue and self.transport.try_write(frame):

@@ -151,7 +151,11 @@ class FanoutMixin(SocketBase):
                 # the frame itself, not a one-item list: a list per socket per publication is a container the
                 # cyclic GC tracks, and thousands of them alive at each collection lengthen every GC pause
                 self._pending = frame
-                self._batcher.add(self)
+                batcher = self._batcher
+                if batcher._scheduled:  # the flush is queued: join it (no call per recipient of a fan-out)
+                    batcher._dirty.append(self)
+                else:
+                    batcher.add(self)
             elif pending.__class__ is list:
                 if len(pending) >= PENDING_MAX:
                     return False
