@@ -169,6 +169,8 @@ async function openTrigger() {
   }
 }
 // Publish `count` messages starting at seq0; `stamp` true puts the trigger's own send time in each.
+let envelopeSeen = null;  // bytes a delivered frame adds around `data` (HTTP trigger), from the warm-up broadcast
+let lastDataBytes = 0;
 async function publish(seq0, count, stamp) {
   const t = cfg.trigger;
   if (t.mode === 'control') {
@@ -185,9 +187,11 @@ async function publish(seq0, count, stamp) {
     while (next < count) {
       const seq = seq0 + next++;
       const data = { bseq: seq, bts: Math.round(nowMs() * 1000) / 1000, pad: '' };
-      // Aim the delivered frame (the envelope the server wraps around `data`) at cfg.size bytes.
-      const envelope = t.envelope ? JSON.stringify({ ...t.envelope, data: null, offset: seq + 1, epoch }).length - 4 : 0;
+      // Aim the delivered frame (the envelope the server wraps around `data`) at cfg.size bytes: the envelope
+      // measured on the warm-up broadcast once there is one, else estimated from the adapter's `envelope`.
+      const envelope = envelopeSeen ?? (t.envelope ? JSON.stringify({ ...t.envelope, data: null, offset: seq + 1, epoch }).length - 4 : 0);
       data.pad = 'x'.repeat(Math.max(0, cfg.size - envelope - JSON.stringify(data).length));
+      lastDataBytes = JSON.stringify(data).length;
       try {
         const res = await fetch(t.url, {
           method: 'POST', headers: { 'content-type': 'application/json', ...(t.headers || {}) },
@@ -228,6 +232,7 @@ async function main() {
     emit({ event: 'error', error: `warm-up broadcast not received (${firstError || 'no error seen'})` });
     process.exit(2);
   }
+  if (cfg.trigger.mode !== 'control' && phase.received === 1) envelopeSeen = Math.max(0, phase.bytes - lastDataBytes);
   seq += 1;
   await step({ event: 'warm', other_messages: otherMessages });
 
