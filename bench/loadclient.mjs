@@ -190,8 +190,9 @@ async function publish(seq0, count, stamp) {
       // Aim the delivered frame (the envelope the server wraps around `data`) at cfg.size bytes: the envelope
       // measured on the warm-up broadcast once there is one, else estimated from the adapter's `envelope`.
       const envelope = envelopeSeen ?? (t.envelope ? JSON.stringify({ ...t.envelope, data: null, offset: seq + 1, epoch }).length - 4 : 0);
-      data.pad = 'x'.repeat(Math.max(0, cfg.size - envelope - JSON.stringify(data).length));
-      lastDataBytes = JSON.stringify(data).length;
+      const bare = JSON.stringify(data).length;
+      data.pad = 'x'.repeat(Math.max(0, cfg.size - envelope - bare));
+      lastDataBytes = bare + data.pad.length;
       try {
         const res = await fetch(t.url, {
           method: 'POST', headers: { 'content-type': 'application/json', ...(t.headers || {}) },

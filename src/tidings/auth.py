@@ -196,7 +196,6 @@ class TokenAuthenticator:
         cache_ttl: float = 0.0,
         is_revoked: RevocationCheck | None = None,
     ) -> None:
-        self._secret = secret
         self._tokens = VerifiedTokens(secret)
         self._lookup = lookup
         self._is_revoked = is_revoked

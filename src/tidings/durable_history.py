@@ -203,7 +203,7 @@ class DurableHistoryBroker:
         pub = await self.inner.publish(channel, body, idempotency_key=idempotency_key)
         if self.history.durable(channel) and not getattr(pub, "duplicate", False):
             # The memory broker has delivered already and the write batcher's flush is queued for this loop
-            # pass: let it write to the sockets before the store's ORM work holds the loop for a millisecond or two.
+            # pass: let it write to the sockets before the store's database work takes the loop.
             await asyncio.sleep(0)
             try:
                 await self.history.store(pub)

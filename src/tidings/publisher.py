@@ -32,7 +32,7 @@ from redis.typing import EncodableT
 
 from tidings.broker.base import BrokerUnavailable
 from tidings.broker.keys import Keys
-from tidings.broker.redis_scripts import PUBLISH, body_head, dedup_record
+from tidings.broker.redis_scripts import PUBLISH, body_head, dedup_record, publish_reply
 from tidings.broker.urls import BrokerURL, is_redis_url, parse_broker_url
 from tidings.channels import CONTROL_CHANNEL, disconnect_command
 from tidings.messages import event_body, publication_body
@@ -121,9 +121,8 @@ class _Messages:
 
 
 def _result(channel: str, reply: Any, keyed: bool) -> dict[str, Any]:
-    offset, epoch, *seen = reply
-    duplicate = bool(seen) and keyed  # without a key, a record seen again is redis-py retrying this very call
-    return {"channel": channel, "offset": int(offset), "epoch": epoch.decode(), "duplicate": duplicate}
+    offset, epoch, duplicate = publish_reply(reply, keyed)
+    return {"channel": channel, "offset": offset, "epoch": epoch.decode(), "duplicate": duplicate}
 
 
 def _target(url: str) -> BrokerURL:

@@ -278,10 +278,10 @@ class RedisBroker:
         record, record_ttl = lua.dedup_record(self.keys, channel, idempotency_key, self.idempotency_ttl)
         keys = [*self.keys.stream(channel), record]
         args.append(record_ttl)
-        offset, epoch, *seen = await self._call(lambda: self._publish(keys=keys, args=args))
+        reply = await self._call(lambda: self._publish(keys=keys, args=args))
+        offset, epoch, duplicate = lua.publish_reply(reply, keyed=idempotency_key is not None)
         payload = b'%s"offset":%d,"epoch":"%s"}' % (head, offset, epoch)
-        duplicate = bool(seen) and idempotency_key is not None  # a token seen again: redis-py retried this call
-        return Publication(channel, int(offset), epoch.decode(), Frame(payload), duplicate=duplicate)
+        return Publication(channel, offset, epoch.decode(), Frame(payload), duplicate=duplicate)
 
     async def position(self, channel: str) -> tuple[int, str]:
         """The channel's latest offset and epoch (creates the channel's metadata, and epoch, if missing).

@@ -15,6 +15,7 @@ record per connection (user, info, the channels it was present in) is pushed on 
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from tidings.broker.keys import Keys
 
@@ -36,6 +37,7 @@ __all__ = [
     "body_head",
     "dedup_record",
     "parse_position",
+    "publish_reply",
 ]
 
 #: Payload prefix of the markers the recover script publishes (a publication always starts with ``{``).
@@ -66,6 +68,13 @@ def dedup_record(keys: Keys, channel: str, idempotency_key: str | None, idempote
     if idempotency_key is not None:
         return keys.idem(channel, idempotency_key), idempotency_ttl
     return keys.attempt(channel, secrets.token_hex(8)), RETRY_RECORD_TTL
+
+
+def publish_reply(reply: list[Any], keyed: bool) -> tuple[int, bytes, bool]:
+    """``(offset, epoch, duplicate)`` from the publish script's reply. A record seen again is a duplicate only for
+    a caller's idempotency key (``keyed``); for a call's own token it is redis-py retrying that same call."""
+    offset, epoch, *seen = reply
+    return int(offset), epoch, bool(seen) and keyed
 
 
 def parse_position(payload: bytes) -> tuple[int, str]:
