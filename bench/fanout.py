@@ -229,6 +229,7 @@ class RunResult:
     lost: int
     connect_s: float
     fanout_p50_ms: float  # publish -> last subscriber's receipt, median over the paced broadcasts
+    first_p50_ms: float  # publish -> first subscriber's receipt, median over the paced broadcasts
     fanout_max_ms: float  # the same for the slowest paced broadcast
     elapsed_s: float
     attempt: int  # which attempt of the run was kept (see measured_run)
@@ -442,6 +443,7 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
         lost=int(thr["lost"]) + int(lat["lost"]),
         connect_s=float(conn["connect_s"]),
         fanout_p50_ms=float(lat["completion_p50_ms"] or 0),
+        first_p50_ms=float(lat.get("first_p50_ms") or 0),
         fanout_max_ms=float(lat["completion_max_ms"] or 0),
         elapsed_s=elapsed,
         attempt=1,
@@ -508,6 +510,7 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 RAW_EXTRA: list[tuple[str, str, str]] = [
     ("frames/write", "frames_per_write", "{:.2f}"),
+    ("first receipt p50 ms", "first_p50_ms", "{:.2f}"),
     ("fan-out p50 ms", "fanout_p50_ms", "{:.2f}"),
     ("slowest fan-out ms", "fanout_max_ms", "{:.2f}"),
     ("core-0 softirq %", "server_core_irq_pct", "{:.0f}"),
@@ -703,7 +706,8 @@ def write_docs(
         "- *server µs/delivery*: server process tree utime+stime over the throughput phase / deliveries.",
         "- *deliveries/s*: deliveries / (first publish to last receipt) in the throughput phase.",
         "- *latency*: publish (trigger's clock) to receipt at each subscriber, over all deliveries of the"
-        " paced single broadcasts.",
+        " paced single broadcasts; per run, *first receipt* and *fan-out* are the medians over those broadcasts"
+        " of the time to the first and to the last subscriber's receipt.",
         "- *KiB/idle conn*: (server RSS with N idle subscribers - RSS with 1) / (N - 1).",
         "- *server / client CPU %*: CPU time / wall time in the throughput phase, 100 = one core;"
         " *client µs/delivery*: the load client's CPU per delivery.",

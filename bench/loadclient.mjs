@@ -4,7 +4,8 @@
 // driver can measure the server in between:
 //   warm        1 subscriber + the trigger connected, one broadcast received (baseline RSS taken after this)
 //   connected   the other N-1 subscribers connected (and subscribed) (idle RSS taken after this)
-//   latency     `warmup` + `paced` single broadcasts, `gapMs` apart, each awaited at every subscriber
+//   latency     `warmup` + `paced` single broadcasts, `gapMs` apart, each awaited at every subscriber (also,
+//               per broadcast: first receipt, the trigger's reply, this process's CPU time; their medians)
 //   throughput  `messages` broadcasts back to back, awaited at every subscriber (server CPU measured around)
 //   done        everything closed
 // Every bench message carries "bseq" (sequence number) and "bts" (publish time, ms since the epoch, taken by
@@ -253,18 +254,28 @@ async function main() {
   const all = [];
   const completion = [];
   const completionInOrder = [];
+  const firstMs = [];      // publish -> first subscriber's receipt, per recorded broadcast
+  const respondedMs = [];  // publish -> the trigger's reply (HTTP response or the control send)
+  const cpuMs = [];        // this process's CPU time (user + system) per recorded broadcast
   let pacedLost = 0;
   let pacedPublishFailures = 0;
   for (let i = 0; i < warmup + paced; i++) {
     const record = i >= warmup;
     const live = openClients();
     wait = expectRange(seq, 1, live, record, live);
+    const c0 = process.cpuUsage();
     const tPub = nowMs();
     pacedPublishFailures += await publish(seq, 1, true);
+    const tResp = nowMs();
     const ok = await withTimeout(wait, timeoutMs);
     if (record) {
+      const c = process.cpuUsage(c0);
+      cpuMs.push((c.user + c.system) / 1000);
+      respondedMs.push(tResp - tPub);
       const s = phase.samples.subarray(0, phase.nSamples);
-      for (const v of s) all.push(v);
+      let first = Infinity;
+      for (const v of s) { all.push(v); if (v < first) first = v; }
+      firstMs.push(first);
       completion.push(nowMs() - tPub);
       completionInOrder.push(nowMs() - tPub);
       if (!ok) pacedLost += phase.expected - phase.received;
@@ -282,6 +293,9 @@ async function main() {
     completion_p50_ms: percentile(completion, 0.5),
     completion_max_ms: completion.length ? completion[completion.length - 1] : null,
     completion_ms: completionInOrder.map((v) => Math.round(v * 10) / 10),
+    first_p50_ms: percentile([...firstMs].sort((a, b) => a - b), 0.5),
+    responded_p50_ms: percentile([...respondedMs].sort((a, b) => a - b), 0.5),
+    client_cpu_p50_ms: percentile([...cpuMs].sort((a, b) => a - b), 0.5),
   });
 
   // throughput: K back to back

@@ -30,7 +30,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.extensions.permessage_deflate import PerMessageDeflate
 
 from tests.conftest import LiveServer, connected, recv_json, recv_until, ws_connect
+from tidings.broker import Publication
+from tidings.connection import Connection, UserInfo
 from tidings.fastws import TRANSPORT_EXTENSION, TidingsWebSocketProtocol
+from tidings.handout import DEFER_MIN
+from tidings.hub import Hub
 from tidings.protocol import Frame
 from tidings.server import uvicorn_config
 from tidings.settings import Settings
@@ -110,6 +114,35 @@ async def contract_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while (await receive())["type"] != "websocket.disconnect":
             pass
         return
+    elif path == "/handout":
+        # HANDOUT_SOCKETS sockets; once all are open, the last one's app runs a hub over their raw transports:
+        # a publication on an idle node (deferred: each socket written as it is handed out), then a publication
+        # and a reply to socket 0 in one loop pass (handed out at once, the reply after it in the same write);
+        # then each socket gets the number of writes it saw and how many fan-outs were deferred
+        _HANDOUT[int(scope["query_string"])] = scope["extensions"][TRANSPORT_EXTENSION]()
+        if len(_HANDOUT) == HANDOUT_SOCKETS:
+            protos = [_HANDOUT.pop(i) for i in range(HANDOUT_SOCKETS)]
+            counters = []
+            hub = Hub()
+            conns = []
+            for i, proto in enumerate(protos):
+                counters.append(_CountingTransport(proto.transport))
+                proto.transport = counters[-1]
+                conn = Connection(UserInfo(i, f"u{i}"), proto)
+                hub.add(conn)
+                hub.subscribe(conn, "news")
+                conns.append(conn)
+            await asyncio.sleep(0.5)  # idle: longer than any window the handshakes' writes opened
+            hub.deliver(Publication("news", 1, "e", Frame.of({"offset": 1})))
+            await asyncio.sleep(0.2)
+            hub.deliver(Publication("news", 2, "e", Frame.of({"offset": 2})))
+            conns[0].send({"reply": True})
+            await asyncio.sleep(0.2)
+            for conn, counter in zip(conns, counters, strict=True):
+                conn.send({"writes": counter.writes, "deferred": hub.handouts.deferred})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        return
     elif path == "/parsed":
         # counts the reads the sans-I/O parser is fed; the text "parsed?" gets the count so far (that read included)
         proto = scope["extensions"][TRANSPORT_EXTENSION]()
@@ -141,6 +174,8 @@ async def contract_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 _RUNS: dict[str, Any] = {}
+_HANDOUT: dict[int, Any] = {}
+HANDOUT_SOCKETS = DEFER_MIN + 8
 
 
 class _CountingTransport:
@@ -307,6 +342,21 @@ async def test_runs_of_different_frames_on_sockets_of_one_flush() -> None:
         }
         assert got == {"a": [1, 2, 3], "b": [1, 3], "c": [1, 3]}
         for ws in socks.values():
+            await ws.close()
+
+
+async def test_an_idle_fan_out_is_written_as_it_is_handed_out_and_keeps_order_and_coalescing() -> None:
+    with contract_server() as (url, _):
+        socks = [await websockets.connect(f"{url}/handout?{i}") for i in range(HANDOUT_SOCKETS)]
+        got = [
+            [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(4 if i == 0 else 3)]
+            for i, ws in enumerate(socks)
+        ]
+        # the first publication deferred and written alone; the second handed out at once, socket 0's reply after
+        # it: one write each time, in order
+        assert got[0] == [{"offset": 1}, {"offset": 2}, {"reply": True}, {"writes": 2, "deferred": 1}]
+        assert all(g == [{"offset": 1}, {"offset": 2}, {"writes": 2, "deferred": 1}] for g in got[1:])
+        for ws in socks:
             await ws.close()
 
 

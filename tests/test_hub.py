@@ -12,6 +12,7 @@ import pytest
 from tidings.broker import BrokerUnavailable, MemoryBroker, Publication
 from tidings.channels import ChannelRules, Namespace
 from tidings.connection import Connection, ConnectionState, UserInfo
+from tidings.handout import DEFER_MIN
 from tidings.hub import Hub
 from tidings.node import Node
 from tidings.protocol import CloseCode, Frame
@@ -34,15 +35,18 @@ def app_rules() -> ChannelRules:
 class FakeTransport:
     """Records what a connection writes; ``send`` waits on ``gate`` (cleared = a client that does not read)."""
 
-    def __init__(self, *, direct: bool = False, fail: bool = False) -> None:
+    def __init__(self, *, direct: bool = False, fail: bool = False, idle: bool = False) -> None:
         self.direct = direct
         self.fail = fail
+        self.idle = idle  # nothing waits to be written: the hub may defer a large fan-out (write_now)
         self.gate = asyncio.Event()
         self.gate.set()
         self.events: list[tuple[str, Any]] = []
         self.aborted = False
         self.try_writes = 0
+        self.now_writes = 0
         self.sends = 0
+        self.noted: list[int] = []
 
     @property
     def frames(self) -> list[Frame]:
@@ -63,6 +67,19 @@ class FakeTransport:
         if self.direct:
             self.events.append(("frame", frame))
         return self.direct
+
+    def write_now(self, frame: Frame) -> bool:
+        if self.direct and self.idle:
+            self.now_writes += 1
+            self.events.append(("frame", frame))
+            return True
+        return False
+
+    def write_idle(self) -> bool:
+        return self.idle
+
+    def note_writes(self, writes: int, seconds: float) -> None:
+        self.noted.append(writes)
 
     async def send(self, frames: Sequence[Frame]) -> None:
         self.sends += 1
@@ -396,6 +413,100 @@ async def test_unsubscribe_or_remove_during_recovery_forgets_held_publications()
     hub.subscribe(conn, "d", recovering=True)
     hub.remove(conn)
     assert hub._recovering == {} and hub.subscribers == {}
+
+
+# ---- Hub: a large fan-out on an idle node is handed out in the next pass, socket by socket --------------
+
+
+def fan_out_hub(n: int = DEFER_MIN, *, idle: bool = True) -> tuple[Hub, list[Connection], list[FakeTransport]]:
+    """``n`` connections subscribed to "news", their transports taking frames at once (``idle``: and able to
+    write a deferred fan-out as it is handed out)."""
+    hub = Hub()
+    transports = [FakeTransport(direct=True, idle=idle) for _ in range(n)]
+    conns = [Connection(UserInfo(i, f"u{i}"), t) for i, t in enumerate(transports)]
+    for conn in conns:
+        hub.add(conn)
+        hub.subscribe(conn, "news")
+    return hub, conns, transports
+
+
+async def test_an_idle_node_writes_a_large_fan_out_as_it_hands_it_out_in_the_next_pass() -> None:
+    hub, _, transports = fan_out_hub()
+    p = pub("news", 1)
+    hub.deliver(p)
+    assert all(t.events == [] and t.try_writes == 0 for t in transports)  # nothing handed out yet
+    await asyncio.sleep(0)
+    assert all(t.frames == [p.frame] and t.frames[0] is p.frame and t.now_writes == 1 for t in transports)
+    assert all(t.try_writes == 0 for t in transports)
+    assert transports[0].noted == [DEFER_MIN]  # counted as one flush of DEFER_MIN writes
+    assert hub.handouts.deferred == 1 and (hub.publications_delivered, hub.deliveries) == (1, DEFER_MIN)
+
+
+async def test_small_fan_outs_and_a_busy_node_hand_out_at_once() -> None:
+    for hub, transports in (fan_out_hub(DEFER_MIN - 1)[::2], fan_out_hub(idle=False)[::2]):
+        hub.deliver(pub("news", 1))
+        assert all(t.try_writes == 1 and t.now_writes == 0 and len(t.frames) == 1 for t in transports)
+        assert hub.handouts.pending is None
+
+
+async def test_a_message_to_a_recipient_in_the_same_pass_goes_after_the_deferred_frame() -> None:
+    hub, conns, transports = fan_out_hub()
+    hub.deliver(pub("news", 1))
+    conns[3].send({"type": "pong", "n": 2})  # a reply to one recipient, before the deferred pass
+    # the fan-out was handed out first, the usual way (taken for the next coalesced write), then the reply
+    assert [m.get("offset", m.get("n")) for m in transports[3].messages] == [1, 2]
+    assert all(t.try_writes >= 1 and t.now_writes == 0 for t in transports)
+    await asyncio.sleep(0)
+    assert all(len(t.frames) == (2 if i == 3 else 1) for i, t in enumerate(transports))  # nothing twice
+    assert hub.handouts.deferred == 0
+
+
+async def test_a_second_publication_in_the_same_pass_follows_the_first_everywhere() -> None:
+    hub, _, transports = fan_out_hub()
+    hub.deliver(pub("news", 1))
+    hub.deliver(pub("news", 2))
+    await asyncio.sleep(0)
+    assert all(numbers(t, "offset") == [1, 2] for t in transports)
+    assert all(t.now_writes == 0 for t in transports)  # both coalesced, as without deferral
+
+
+async def test_a_close_in_the_same_pass_comes_after_the_deferred_frame() -> None:
+    hub, conns, transports = fan_out_hub()
+    hub.deliver(pub("news", 1))
+    conns[0].close(CloseCode.NORMAL, "bye")
+    await conns[0].wait_closed()
+    assert transports[0].events == [("frame", transports[0].frames[0]), ("close", (CloseCode.NORMAL, "bye"))]
+    assert numbers(transports[0], "offset") == [1]
+
+
+async def test_the_deferred_fan_out_goes_to_the_subscribers_of_delivery_time() -> None:
+    hub, conns, transports = fan_out_hub()
+    late_t = FakeTransport(direct=True, idle=True)
+    late = Connection(UserInfo(500, "late"), late_t)
+    hub.add(late)
+    hub.deliver(pub("news", 1))
+    hub.unsubscribe(conns[0], "news")  # subscribed when it was published: still receives it
+    hub.subscribe(late, "news")  # subscribed after: does not
+    conns[1].mark_closed()  # gone: nothing written
+    await asyncio.sleep(0)
+    assert numbers(transports[0], "offset") == [1]
+    assert late_t.frames == [] and transports[1].frames == []
+    assert all(numbers(t, "offset") == [1] for t in transports[2:])
+
+
+async def test_a_recipient_with_queued_frames_gets_the_deferred_one_after_them() -> None:
+    hub, conns, transports = fan_out_hub()
+    slow = transports[5]
+    slow.direct = False
+    slow.gate.clear()  # a client that does not read: frames wait in its connection's queue
+    conns[5].send({"type": "pong", "n": 0})
+    await settle(lambda: slow.sends == 1)
+    hub.deliver(pub("news", 1))
+    await asyncio.sleep(0)
+    assert conns[5].queued == 1  # behind the frame being sent, not written around it
+    slow.gate.set()
+    await settle(lambda: len(slow.frames) == 2)
+    assert [m.get("offset", m.get("n")) for m in slow.messages] == [0, 1]
 
 
 # ---- Node on a memory broker: publish once, job events for workers ---------------------------------------

@@ -28,6 +28,8 @@ class FakeConn:
     def enqueue(self, frame: object) -> None:
         self.got.append(orjson.loads(frame.payload))  # type: ignore[attr-defined]
 
+    enqueue_unchecked = enqueue  # the hub's fan-out (it hands out a deferred fan-out itself first)
+
 
 async def _publish_event(broker: MemoryBroker) -> list[Publication]:
     event = {"type": "job_update", "event": "job_progress", "job_id": 42}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from tidings.handout import Handouts
 from tidings.protocol import CloseCode, Frame
 from tidings.transport import Transport
 
@@ -61,6 +62,7 @@ class ConnectionState(Enum):
 
 
 _OPEN = ConnectionState.OPEN  # read once per delivery: a module global, not an attribute of the enum class
+_NO_HANDOUTS = Handouts(enabled=False)  # a connection's until a hub registers it
 
 
 class Connection:
@@ -68,6 +70,7 @@ class Connection:
 
     __slots__ = (
         "_close_task",
+        "_handouts",
         "_on_slow",
         "_queue",
         "_tokens",
@@ -115,6 +118,7 @@ class Connection:
         self._tokens_at = self.last_activity
         self.rate_strikes = 0
         self._on_slow = on_slow
+        self._handouts = _NO_HANDOUTS  # the hub's (Hub.add): a fan-out it deferred goes out ahead of our frames
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user.username} {self.state.name}>"
@@ -126,6 +130,12 @@ class Connection:
 
     def enqueue(self, frame: Frame) -> None:
         """Send ``frame`` without waiting: write now, or queue, or disconnect a client that cannot keep up."""
+        if self._handouts.pending is not None:
+            self._handouts.hand_out()  # a fan-out deferred earlier in this loop pass goes first
+        self.enqueue_unchecked(frame)
+
+    def enqueue_unchecked(self, frame: Frame) -> None:
+        """:meth:`enqueue` for the hub's fan-out, which hands out a deferred fan-out itself first."""
         if self.state is not _OPEN:
             return
         queue = self._queue
@@ -137,6 +147,16 @@ class Connection:
         queue.append(frame)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def enqueue_now(self, frame: Frame) -> bool:
+        """:meth:`enqueue` in a loop pass of its own (a deferred fan-out): True if the frame was written to the
+        socket at once (nothing was waiting for it), False if it was dropped, queued or taken for the next write."""
+        if self.state is not _OPEN:
+            return False
+        if not self._queue and self.transport.write_now(frame):
+            return True
+        self.enqueue_unchecked(frame)
+        return False
 
     def send(self, message: dict[str, Any]) -> None:
         """Encode and enqueue one message meant for this connection only."""
@@ -183,6 +203,8 @@ class Connection:
         """Close with ``code`` and ``reason`` after what is already queued (unless the queue overflowed)."""
         if self.state is not ConnectionState.OPEN:
             return
+        if self._handouts.pending is not None:
+            self._handouts.hand_out()  # a fan-out deferred before the close goes out before the close frame
         self.state = ConnectionState.CLOSING
         self.close_code = code
         self.close_reason = reason

@@ -9,6 +9,7 @@ import orjson
 
 from tidings.broker.base import Publication
 from tidings.connection import Connection
+from tidings.handout import DEFER_MIN, Handouts
 from tidings.messages import COPIES_PREFIX
 
 if TYPE_CHECKING:
@@ -54,9 +55,12 @@ class Hub:
         self.publications_delivered = 0
         self.deliveries = 0
         self.slow_consumers = 0
+        #: A large fan-out deferred to the next loop pass on an idle node (see :mod:`tidings.handout`).
+        self.handouts = Handouts()
 
     def add(self, conn: Connection) -> None:
         """Register a connection."""
+        conn._handouts = self.handouts
         self.connections[conn.id] = conn
         self.by_user.setdefault(conn.user.id, {})[conn.id] = conn
 
@@ -141,8 +145,12 @@ class Hub:
             if skip:
                 subs = {conn: None for conn in subs if not any(conn in other for other in skip)}
         if held is None:
-            for conn in subs:
-                conn.enqueue(frame)
+            handouts = self.handouts
+            if len(subs) < DEFER_MIN or not handouts.defer(frame, list(subs)):
+                if handouts.pending is not None:
+                    handouts.hand_out()  # the fan-out deferred earlier in this pass goes first
+                for conn in subs:
+                    conn.enqueue_unchecked(frame)
         else:
             for conn in subs:
                 pending = held.get(conn)

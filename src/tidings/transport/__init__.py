@@ -23,6 +23,17 @@ class Transport(Protocol):
     def try_write(self, frame: Frame) -> bool:
         """Write ``frame`` now without blocking if the socket can take it; False means queue it instead."""
 
+    def write_now(self, frame: Frame) -> bool:
+        """Write ``frame`` to the socket at once if nothing is waiting to be written there; False otherwise."""
+
+    def write_idle(self) -> bool:
+        """Whether nothing waits to be written on this transport's loop: a fan-out may then be written as it is
+        handed out (:mod:`tidings.handout`)."""
+
+    def note_writes(self, writes: int, seconds: float) -> None:
+        """``writes`` sockets were written by :meth:`write_now` in one pass that took ``seconds`` (counted as a
+        flush: the node is busy for a while after it)."""
+
     async def send(self, frames: Sequence[Frame]) -> None:
         """Write queued frames in order (coalesced where possible), waiting for the socket to drain."""
 
@@ -46,6 +57,17 @@ class ASGITransport:
     def try_write(self, frame: Frame) -> bool:
         """ASGI sends are awaitables: always queue."""
         return False
+
+    def write_now(self, frame: Frame) -> bool:
+        """ASGI sends are awaitables: always queue."""
+        return False
+
+    def write_idle(self) -> bool:
+        """No write batcher: fan-outs are handed out at once."""
+        return False
+
+    def note_writes(self, writes: int, seconds: float) -> None:
+        """Nothing to count."""
 
     async def send(self, frames: Sequence[Frame]) -> None:
         """Send each frame as a text message."""

@@ -76,6 +76,18 @@ class WriteBatcher:
             cost = self.window_max
         return cost if cost > self.delay else self.delay
 
+    def idle(self) -> bool:
+        """No flush is due and the last one ended more than a window ago: frames may go out at once."""
+        return not self._scheduled and self._last + self.window <= self._loop.time()
+
+    def note_writes(self, writes: int, seconds: float) -> None:
+        """Count ``writes`` made outside a flush (a deferred fan-out's hand-out) as one flush that took
+        ``seconds``: the window that follows is the same."""
+        self.flushes += 1
+        self.writes += writes
+        self._last = self._loop.time()
+        self._cost = seconds
+
     def add(self, proto: FanoutMixin) -> None:
         """``proto`` has its first pending frame: flush it with the others."""
         self._dirty.append(proto)
@@ -172,6 +184,24 @@ class FanoutMixin(SocketBase):
                 self._pending = run
             return True
         return False
+
+    def write_now(self, frame: Frame) -> bool:
+        """Write ``frame`` at once when nothing is pending or buffered past the mark for this socket (the
+        hand-out of a deferred fan-out, see :mod:`tidings.handout`); False: :meth:`try_write` decides."""
+        if self._ready and self._pending is None:
+            transport = self.transport
+            if not transport.is_closing():
+                transport.write(frame.wire_deflate if self._compress else (frame._wire or frame.wire))
+                return True
+        return False
+
+    def write_idle(self) -> bool:
+        """Whether this loop's write batcher has nothing due (see :meth:`WriteBatcher.idle`)."""
+        return self._batcher.idle()
+
+    def note_writes(self, writes: int, seconds: float) -> None:
+        """See :meth:`WriteBatcher.note_writes`."""
+        self._batcher.note_writes(writes, seconds)
 
     def _write_pending(self, joined: dict[bool, tuple[list[Frame], bytes]]) -> None:
         """Write the frames :meth:`try_write` took as one ``transport.write``. ``joined`` holds, per kind of socket
