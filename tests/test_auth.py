@@ -218,6 +218,66 @@ async def test_a_verified_token_is_reused_until_it_expires_and_checked_again_aft
     assert len(auth._tokens) == 0
 
 
+async def test_a_token_lookup_answers_user_and_revocation_in_one_call() -> None:
+    """With ``token_lookup`` (the built-in users: one query), a token with an id costs one call; the separate
+    checks are asked only to tell a revoked token of a missing user from a missing user."""
+    users = {"ann": Credentials(UserInfo(1, "ann"), 0)}
+    revoked: set[str] = set()
+    calls: list[str] = []
+
+    async def lookup(name: str) -> Credentials | None:
+        calls.append("lookup")
+        return users.get(name)
+
+    async def is_revoked(token_id: str) -> bool:
+        calls.append("is_revoked")
+        return token_id in revoked
+
+    async def token_lookup(name: str, token_id: str) -> tuple[Credentials | None, bool | None]:
+        calls.append("token_lookup")
+        found = users.get(name)
+        return found, (token_id in revoked) if found is not None else None
+
+    auth = TokenAuthenticator(SECRET, lookup, is_revoked=is_revoked, token_lookup=token_lookup)
+    token = create_access_token("ann", SECRET, 60)
+    jti = jwt.decode(token, SECRET, algorithms=["HS256"])["jti"]
+    assert (await auth.authenticate(token))[0] == users["ann"].user
+    assert (await auth.authenticate_request(token))[0] == users["ann"].user
+    assert calls == ["token_lookup"] * 2
+    revoked.add(jti)
+    with pytest.raises(AuthError, match="Token revoked"):
+        await auth.authenticate(token)
+    users["ann"] = Credentials(UserInfo(1, "ann"), 1)
+    revoked.clear()
+    with pytest.raises(AuthError, match="Credentials changed"):
+        await auth.authenticate(token)
+    del users["ann"]
+    calls.clear()
+    with pytest.raises(AuthError, match="User not found or inactive"):
+        await auth.authenticate(token)
+    assert calls == ["token_lookup", "is_revoked"]
+    revoked.add(jti)
+    with pytest.raises(AuthError, match="Token revoked"):  # as without token_lookup: revocation is said first
+        await auth.authenticate(token)
+
+
+async def test_database_token_credentials_reads_the_user_and_the_revocation_together(tmp_path: Any) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'users.db'}")
+    await db.migrate()
+    try:
+        ann = await db.create_user("ann", "pw")
+        creds, revoked = await db.token_credentials("ann", "t1")
+        assert creds is not None and creds.user.username == "ann" and creds.version == 0 and revoked is False
+        await db.revoke_token("t1", ann.id, time.time() + 60)
+        assert (await db.token_credentials("ann", "t1"))[1] is True
+        assert (await db.token_credentials("ann", "t2"))[1] is False
+        await db.update_user(ann.id, is_active=False)
+        assert await db.token_credentials("ann", "t1") == (None, True)  # inactive: no user, still said revoked
+        assert await db.token_credentials("nobody", "t1") == (None, None)  # no row: revocation not asked
+    finally:
+        await db.dispose()
+
+
 def test_the_verified_token_cache_is_bounded() -> None:
     cache = VerifiedTokens(SECRET, max_entries=3)
     tokens = [create_access_token(f"u{i}", SECRET, 60) for i in range(4)]

@@ -135,6 +135,9 @@ class Authenticator(Protocol):
 
 UserLookup = Callable[[str], Awaitable[UserInfo | Credentials | None]]
 RevocationCheck = Callable[[str], Awaitable[bool]]
+#: ``(username, token_id) -> (credentials or None, revoked)``: a lookup and a revocation check in one query;
+#: ``revoked`` may be None when there is no such user (then :data:`RevocationCheck` is asked).
+TokenLookup = Callable[[str, str], Awaitable[tuple[Credentials | None, bool | None]]]
 
 
 #: Tokens whose signature was checked, kept so a client that sends the same token on every request (a publisher in
@@ -195,10 +198,12 @@ class TokenAuthenticator:
         *,
         cache_ttl: float = 0.0,
         is_revoked: RevocationCheck | None = None,
+        token_lookup: TokenLookup | None = None,
     ) -> None:
         self._tokens = VerifiedTokens(secret)
         self._lookup = lookup
         self._is_revoked = is_revoked
+        self._token_lookup = token_lookup
         self._ttl = max(0.0, min(cache_ttl, MAX_USER_CACHE_TTL))
         self._cache: dict[str, tuple[Credentials, float]] = {}
 
@@ -212,20 +217,30 @@ class TokenAuthenticator:
 
         With ``cached``, the user may come from the short cache (HTTP requests)."""
         verified = self._tokens.decode(token)
-        if verified.token_id is not None and self._is_revoked is not None and await self._is_revoked(verified.token_id):
-            raise AuthError("Token revoked")
         name = verified.username
         creds: Credentials | None = None
         if cached and self._ttl:
             hit = self._cache.get(name)
             if hit is not None and hit[1] > time.monotonic():
                 creds = hit[0]
-        if creds is None:
-            creds = await self._find(name)
-            if cached and self._ttl:
-                if len(self._cache) >= _USER_CACHE_MAX:
-                    self._cache.clear()
-                self._cache[name] = (creds, time.monotonic() + self._ttl)
+        fresh = creds is None
+        token_id = verified.token_id
+        if creds is None and token_id is not None and self._token_lookup is not None:
+            found, revoked = await self._token_lookup(name, token_id)  # both questions in one query
+            if revoked is None and found is None:
+                revoked = await self._revoked(token_id)
+            if revoked:
+                raise AuthError("Token revoked")
+            creds = self._found(name, found)
+        else:
+            if token_id is not None and await self._revoked(token_id):
+                raise AuthError("Token revoked")
+            if creds is None:
+                creds = self._found(name, await self._lookup(name))
+        if fresh and self._ttl and (cached or name in self._cache):  # a fresh lookup refreshes the cache
+            if len(self._cache) >= _USER_CACHE_MAX:
+                self._cache.clear()
+            self._cache[name] = (creds, time.monotonic() + self._ttl)
         if verified.version != creds.version:
             raise AuthError("Credentials changed")
         return Identity(creds.user, verified.expires_at, verified.token_id)
@@ -239,12 +254,11 @@ class TokenAuthenticator:
         """Drop ``username`` from the cache (its credentials or role changed)."""
         self._cache.pop(username, None)
 
-    async def _find(self, name: str) -> Credentials:
-        found = await self._lookup(name)
+    async def _revoked(self, token_id: str) -> bool:
+        return self._is_revoked is not None and await self._is_revoked(token_id)
+
+    def _found(self, name: str, found: UserInfo | Credentials | None) -> Credentials:
         if found is None:
             self._cache.pop(name, None)
             raise AuthError("User not found or inactive")
-        creds = found if isinstance(found, Credentials) else Credentials(found)
-        if self._ttl and name in self._cache:
-            self._cache[name] = (creds, time.monotonic() + self._ttl)  # a fresh lookup refreshes the cache
-        return creds
+        return found if isinstance(found, Credentials) else Credentials(found)

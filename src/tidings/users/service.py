@@ -39,7 +39,11 @@ class BuiltinUsers:
         self.passwords = PasswordPool(settings.password_hash_workers)
         self.db = Database(settings.resolved_database_url, passwords=self.passwords)
         self.authenticator = TokenAuthenticator(
-            settings.resolved_secret_key, self.db.credentials, cache_ttl=USER_CACHE_TTL, is_revoked=self.db.is_revoked
+            settings.resolved_secret_key,
+            self.db.credentials,
+            cache_ttl=USER_CACHE_TTL,
+            is_revoked=self.db.is_revoked,
+            token_lookup=self.db.token_credentials,
         )
         self.limit_ip = FailureLimiter(settings.login_max_failures_per_ip, settings.login_failure_window)
         self.limit_user = FailureLimiter(settings.login_max_failures_per_user, settings.login_failure_window)
