@@ -494,6 +494,19 @@ async def test_the_deferred_fan_out_goes_to_the_subscribers_of_delivery_time() -
     assert all(numbers(t, "offset") == [1] for t in transports[2:])
 
 
+async def test_a_socket_failing_in_the_deferred_pass_does_not_hold_the_others_back() -> None:
+    hub, _, transports = fan_out_hub()
+
+    def broken(frame: Frame) -> bool:
+        raise ConnectionResetError("peer gone")
+
+    transports[2].write_now = broken  # type: ignore[method-assign]
+    hub.deliver(pub("news", 1))
+    await asyncio.sleep(0)
+    assert all(numbers(t, "offset") == [1] for i, t in enumerate(transports) if i != 2)
+    assert transports[2].frames == [] and transports[0].noted == [DEFER_MIN - 1]
+
+
 async def test_a_recipient_with_queued_frames_gets_the_deferred_one_after_them() -> None:
     hub, conns, transports = fan_out_hub()
     slow = transports[5]

@@ -17,7 +17,9 @@ scheduled or inside its window) never defers: its frames wait for the coalesced 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from tidings.transport.frames import Frame
 
 __all__ = ["DEFER_MIN", "Handouts"]
+
+logger = logging.getLogger("tidings.handout")
 
 #: Fewest recipients for which a fan-out is deferred: below it the hand-out takes a few microseconds anyway.
 DEFER_MIN = 32
@@ -42,15 +46,15 @@ class Handouts:
         #: Fan-outs handed out by the deferred pass (the others were handed out early, by something else).
         self.deferred = 0
 
-    def defer(self, frame: Frame, recipients: list[Connection]) -> bool:
-        """Hand ``frame`` to ``recipients`` in the next loop pass if their sockets have nothing waiting to be
+    def defer(self, frame: Frame, recipients: Collection[Connection]) -> bool:
+        """Hand ``frame`` to ``recipients`` (a snapshot is taken) in the next loop pass if nothing is waiting to be
         written; False: hand it out now (another fan-out is already deferred, or the node is busy)."""
         if self.pending is not None:
             self.hand_out()
             return False
-        if not self.enabled or not recipients[0].transport.write_idle():
+        if not self.enabled or not recipients or not next(iter(recipients)).transport.write_idle():
             return False
-        self.pending = (frame, recipients)
+        self.pending = (frame, list(recipients))
         asyncio.get_running_loop().call_soon(self._run)
         return True
 
@@ -73,7 +77,10 @@ class Handouts:
         start = time.perf_counter()
         written = 0
         for conn in recipients:
-            if conn.enqueue_now(frame):
-                written += 1
+            try:
+                if conn.enqueue_now(frame):
+                    written += 1
+            except Exception:  # one broken socket must not hold the others' frame back
+                logger.debug("deferred hand-out to %s failed", conn, exc_info=True)
         self.deferred += 1
         recipients[0].transport.note_writes(written, time.perf_counter() - start)

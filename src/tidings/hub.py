@@ -146,7 +146,7 @@ class Hub:
                 subs = {conn: None for conn in subs if not any(conn in other for other in skip)}
         if held is None:
             handouts = self.handouts
-            if len(subs) < DEFER_MIN or not handouts.defer(frame, list(subs)):
+            if len(subs) < DEFER_MIN or not handouts.defer(frame, subs):
                 if handouts.pending is not None:
                     handouts.hand_out()  # the fan-out deferred earlier in this pass goes first
                 for conn in subs:
