@@ -4,8 +4,8 @@
 // driver can measure the server in between:
 //   warm        1 subscriber + the trigger connected, one broadcast received (baseline RSS taken after this)
 //   connected   the other N-1 subscribers connected (and subscribed) (idle RSS taken after this)
-//   latency     `warmup` + `paced` single broadcasts, `gapMs` apart, each awaited at every subscriber (also,
-//               per broadcast: first receipt, the trigger's reply, this process's CPU time; their medians)
+//   latency     `warmup` + `paced` single broadcasts, `gapMs` apart, each awaited at every subscriber (and the
+//               median time to the first subscriber's receipt)
 //   throughput  `messages` broadcasts back to back, awaited at every subscriber (server CPU measured around)
 //   done        everything closed
 // Every bench message carries "bseq" (sequence number) and "bts" (publish time, ms since the epoch, taken by
@@ -255,23 +255,16 @@ async function main() {
   const completion = [];
   const completionInOrder = [];
   const firstMs = [];      // publish -> first subscriber's receipt, per recorded broadcast
-  const respondedMs = [];  // publish -> the trigger's reply (HTTP response or the control send)
-  const cpuMs = [];        // this process's CPU time (user + system) per recorded broadcast
   let pacedLost = 0;
   let pacedPublishFailures = 0;
   for (let i = 0; i < warmup + paced; i++) {
     const record = i >= warmup;
     const live = openClients();
     wait = expectRange(seq, 1, live, record, live);
-    const c0 = process.cpuUsage();
     const tPub = nowMs();
     pacedPublishFailures += await publish(seq, 1, true);
-    const tResp = nowMs();
     const ok = await withTimeout(wait, timeoutMs);
     if (record) {
-      const c = process.cpuUsage(c0);
-      cpuMs.push((c.user + c.system) / 1000);
-      respondedMs.push(tResp - tPub);
       const s = phase.samples.subarray(0, phase.nSamples);
       let first = Infinity;
       for (const v of s) { all.push(v); if (v < first) first = v; }
@@ -294,8 +287,6 @@ async function main() {
     completion_max_ms: completion.length ? completion[completion.length - 1] : null,
     completion_ms: completionInOrder.map((v) => Math.round(v * 10) / 10),
     first_p50_ms: percentile([...firstMs].sort((a, b) => a - b), 0.5),
-    responded_p50_ms: percentile([...respondedMs].sort((a, b) => a - b), 0.5),
-    client_cpu_p50_ms: percentile([...cpuMs].sort((a, b) => a - b), 0.5),
   });
 
   // throughput: K back to back

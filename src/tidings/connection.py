@@ -62,7 +62,7 @@ class ConnectionState(Enum):
 
 
 _OPEN = ConnectionState.OPEN  # read once per delivery: a module global, not an attribute of the enum class
-_NO_HANDOUTS = Handouts(enabled=False)  # a connection's until a hub registers it
+_NO_HANDOUTS = Handouts()  # a connection's until a hub registers it (nothing is ever deferred on it)
 
 
 class Connection:

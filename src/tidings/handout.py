@@ -37,10 +37,9 @@ DEFER_MIN = 32
 class Handouts:
     """The fan-out of one hub waiting to be handed out in the next loop pass (at most one at a time)."""
 
-    __slots__ = ("deferred", "enabled", "pending")
+    __slots__ = ("deferred", "pending")
 
-    def __init__(self, *, enabled: bool = True) -> None:
-        self.enabled = enabled
+    def __init__(self) -> None:
         #: (frame, recipients) waiting for the next loop pass, or None.
         self.pending: tuple[Frame, list[Connection]] | None = None
         #: Fan-outs handed out by the deferred pass (the others were handed out early, by something else).
@@ -48,11 +47,8 @@ class Handouts:
 
     def defer(self, frame: Frame, recipients: Collection[Connection]) -> bool:
         """Hand ``frame`` to ``recipients`` (a snapshot is taken) in the next loop pass if nothing is waiting to be
-        written; False: hand it out now (another fan-out is already deferred, or the node is busy)."""
-        if self.pending is not None:
-            self.hand_out()
-            return False
-        if not self.enabled or not recipients or not next(iter(recipients)).transport.write_idle():
+        written; False: hand it out now (after the fan-out already deferred, if any), or the node is busy."""
+        if self.pending is not None or not recipients or not next(iter(recipients)).transport.write_idle():
             return False
         self.pending = (frame, list(recipients))
         asyncio.get_running_loop().call_soon(self._run)

@@ -13,8 +13,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import bindparam, delete, exists, func, select
+from sqlalchemy import Row, bindparam, delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -78,14 +79,17 @@ _CREDENTIALS = select(
     User.id, User.username, User.role, User.is_active, User.credential_version.label("version")
 ).where(User.username == bindparam("username"))
 _REVOKED = select(RevokedToken.token_id).where(RevokedToken.token_id == bindparam("token_id"))
-_TOKEN_CREDENTIALS = select(
-    User.id,
-    User.username,
-    User.role,
-    User.is_active,
-    User.credential_version.label("version"),
-    exists().where(RevokedToken.token_id == bindparam("token_id")).label("revoked"),
-).where(User.username == bindparam("username"))
+_TOKEN_CREDENTIALS = _CREDENTIALS.add_columns(
+    exists().where(RevokedToken.token_id == bindparam("token_id")).label("revoked")
+)
+
+
+def _credentials(row: Row[*tuple[Any, ...]]) -> Credentials | None:
+    """The :class:`Credentials` of a row of :data:`_CREDENTIALS` (None for an inactive account)."""
+    if not row.is_active:
+        return None
+    info = AccountInfo(id=row.id, username=row.username, role=row.role, credential_version=row.version or 0)
+    return Credentials(info, info.credential_version)
 
 
 def run_migrations(url: str, target: str = USERS_HEAD) -> None:
@@ -169,10 +173,7 @@ class Database:
         object, no session): a third of the time of loading the ``User``."""
         async with self.engine.connect() as conn:
             row = (await conn.execute(_CREDENTIALS, {"username": username})).first()
-        if row is None or not row.is_active:
-            return None
-        info = AccountInfo(id=row.id, username=row.username, role=row.role, credential_version=row.version or 0)
-        return Credentials(info, info.credential_version)
+        return None if row is None else _credentials(row)
 
     async def token_credentials(self, username: str, token_id: str) -> tuple[Credentials | None, bool | None]:
         """:meth:`credentials` and whether ``token_id`` was revoked (:meth:`is_revoked`), in one query: what a
@@ -183,10 +184,7 @@ class Database:
             row = (await conn.execute(_TOKEN_CREDENTIALS, params)).first()
         if row is None:
             return None, None
-        if not row.is_active:
-            return None, bool(row.revoked)
-        info = AccountInfo(id=row.id, username=row.username, role=row.role, credential_version=row.version or 0)
-        return Credentials(info, info.credential_version), bool(row.revoked)
+        return _credentials(row), bool(row.revoked)
 
     async def account_states(self, user_ids: Sequence[int]) -> dict[int, AccountState]:
         """The current state of the accounts ``user_ids`` (deleted ones are missing), in one query."""
