@@ -208,6 +208,7 @@ class Options:
     quiet_wait_s: float
     keep_logs: bool
     nice: int
+    inflate: str = "memo"
 
 
 @dataclass
@@ -376,6 +377,7 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
             "gapMs": opt.gap_ms,
             "timeoutMs": int(opt.timeout_s * 1000),
             "connectConcurrency": opt.connect_concurrency,
+            "inflate": opt.inflate,
         }
         argv = [*niced(opt.nice), "taskset", "-c", str(opt.client_core), node, str(BENCH / "loadclient.mjs")]
         argv.append(json.dumps(cfg))
@@ -695,7 +697,17 @@ def write_docs(
         f" {opt.messages} broadcasts back to back; latency: {opt.paced} single broadcasts {opt.gap_ms} ms"
         f" apart after {opt.warmup} unmeasured ones; a fresh server process per run; {opt.runs} run(s) per"
         " point, medians shown"
-        + (f"; server and client at niceness {opt.nice} (and their sessions)." if opt.nice else "."),
+        + (f"; server and client at niceness {opt.nice} (and their sessions)" if opt.nice else "")
+        + (
+            {
+                "memo": "; compressed frames inflated in the load client's own thread, each distinct payload once"
+                " (`--inflate memo`).",
+                "sync": "; compressed frames inflated in the load client's own thread, every one (`--inflate sync`).",
+                "ws": "; compressed frames inflated on ws's thread pool (`--inflate ws`).",
+            }[opt.inflate]
+        )
+        if any("deflate" in s for s in opt.servers)
+        else ".",
         "",
         "## Results (medians)",
         "",
@@ -774,6 +786,13 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         help="niceness of the server and the client, and of their sessions (autogroups); e.g. -10 (root)"
         " on a machine that others use too",
     )
+    p.add_argument(
+        "--inflate",
+        choices=("memo", "sync", "ws"),
+        default="memo",
+        help="how the load client inflates compressed frames: in its own thread, each distinct payload once"
+        " ('memo', default), every message ('sync'), or on ws's thread pool behind its limit of 10 in flight ('ws')",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.clients, a.messages, a.runs, a.paced, a.retries = "200", 30, 1, 10, 0
@@ -805,6 +824,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         quiet_wait_s=a.quiet_wait_s,
         keep_logs=a.keep_logs,
         nice=a.nice,
+        inflate=a.inflate,
     )
     return opt, a
 

@@ -10,8 +10,10 @@
 //   done        everything closed
 // Every bench message carries "bseq" (sequence number) and "bts" (publish time, ms since the epoch, taken by
 // whoever triggered the publish); they are found by key, so they may sit inside any envelope.
+import { createRequire } from 'node:module';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
+import zlib from 'node:zlib';
 import WebSocket from 'ws';
 
 const cfg = JSON.parse(process.argv[2]);
@@ -19,6 +21,47 @@ const log = (...a) => process.stderr.write(`[loadclient] ${a.join(' ')}\n`);
 const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 const nowMs = () => performance.timeOrigin + performance.now();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---- inflate in-process (cfg.inflate: 'memo', the default for deflate runs; 'sync'; 'ws' keeps ws's own) -------
+// ws inflates each message on libuv's thread pool behind a process-wide limit of 10 in flight; on one pinned core
+// that made this client the bottleneck of a compressed run (100 % of its core at ~22k deliveries/s, the server at
+// ~9 %). A slow client changes what the server does: its sockets' buffers fill, frames wait and go out several to a
+// write, so its CPU per delivery fell as the client got slower, and compression on and off were not compared at
+// the same load. When the server promised server_no_context_takeover (every message inflates on its own), inflate
+// here instead, the result handed back in a microtask as ws's receiver expects (never inside its parsing loop):
+//   'sync'  every message is inflated (zlib's one-shot inflate, ~8 µs a message here);
+//   'memo'  the same, but a compressed payload already inflated is looked up (the last 256 kept): with no context
+//           takeover the output depends on those bytes alone, so every message is still checked, and a shared
+//           frame is inflated once per broadcast instead of once per subscriber.
+const inflateMode = cfg.inflate || 'memo';
+if (cfg.deflate && inflateMode !== 'ws') {
+  const PerMessageDeflate = createRequire(import.meta.url)('ws').PerMessageDeflate;
+  const viaPool = PerMessageDeflate.prototype.decompress;
+  const TRAILER = Buffer.from([0x00, 0x00, 0xff, 0xff]);
+  const INFLATE = { finishFlush: zlib.constants.Z_SYNC_FLUSH };
+  const EMPTY = Buffer.alloc(0);
+  const seen = new Map();
+  const inflate = (payload) => {
+    if (inflateMode !== 'memo') return zlib.inflateRawSync(Buffer.concat([payload, TRAILER]), INFLATE);
+    const key = payload.toString('latin1');
+    let out = seen.get(key);
+    if (out === undefined) {
+      out = zlib.inflateRawSync(Buffer.concat([payload, TRAILER]), INFLATE);
+      if (seen.size >= 256) seen.delete(seen.keys().next().value);
+      seen.set(key, out);
+    }
+    return out;
+  };
+  PerMessageDeflate.prototype.decompress = function decompress(data, fin, callback) {
+    if (!this.params.server_no_context_takeover) { viaPool.call(this, data, fin, callback); return; }
+    if (!fin) { (this.parts ||= []).push(data); queueMicrotask(() => callback(null, EMPTY)); return; }
+    const payload = this.parts ? Buffer.concat([...this.parts, data]) : data;
+    this.parts = null;
+    let out;
+    try { out = inflate(payload); } catch (e) { queueMicrotask(() => callback(e)); return; }
+    queueMicrotask(() => callback(null, out));
+  };
+}
 
 // ---- stdin: one line per "go on" ------------------------------------------------------------------------
 const lines = [];
