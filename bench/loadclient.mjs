@@ -24,42 +24,62 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---- inflate in-process (cfg.inflate: 'memo', the default for deflate runs; 'sync'; 'ws' keeps ws's own) -------
 // ws inflates each message on libuv's thread pool behind a process-wide limit of 10 in flight; on one pinned core
-// that made this client the bottleneck of a compressed run (100 % of its core at ~22k deliveries/s, the server at
-// ~9 %). A slow client changes what the server does: its sockets' buffers fill, frames wait and go out several to a
-// write, so its CPU per delivery fell as the client got slower, and compression on and off were not compared at
-// the same load. When the server promised server_no_context_takeover (every message inflates on its own), inflate
-// here instead, the result handed back in a microtask as ws's receiver expects (never inside its parsing loop):
+// that made this client the bottleneck of a compressed run (100 % of its core at ~22k deliveries/s). The trigger
+// lives in this process too, so a client slower with compression on also publishes slower, and the server then
+// joins fewer frames to a write: compression on and off were not compared at the same load. When the server
+// promised server_no_context_takeover (every message inflates on its own), the receiver inflates in its own
+// parsing loop instead:
 //   'sync'  every message is inflated (zlib's one-shot inflate, ~8 µs a message here);
-//   'memo'  the same, but a compressed payload already inflated is looked up (the last 256 kept): with no context
+//   'memo'  the same, but a payload equal to one of the last 1,024 inflated takes its output: with no context
 //           takeover the output depends on those bytes alone, so every message is still checked, and a shared
-//           frame is inflated once per broadcast instead of once per subscriber.
+//           frame is inflated about once per broadcast instead of once per subscriber.
 const inflateMode = cfg.inflate || 'memo';
+const inflateCount = { messages: 0, inflated: 0 };  // compressed messages received / inflated (the rest looked up)
 if (cfg.deflate && inflateMode !== 'ws') {
-  const PerMessageDeflate = createRequire(import.meta.url)('ws').PerMessageDeflate;
-  const viaPool = PerMessageDeflate.prototype.decompress;
+  const { Receiver, PerMessageDeflate } = createRequire(import.meta.url)('ws');
+  const viaPool = Receiver.prototype.decompress;
   const TRAILER = Buffer.from([0x00, 0x00, 0xff, 0xff]);
   const INFLATE = { finishFlush: zlib.constants.Z_SYNC_FLUSH };
-  const EMPTY = Buffer.alloc(0);
-  const seen = new Map();
+  // A cheap key (the length and every 4th byte, FNV-1a): a collision costs an inflate, never a wrong output, as
+  // a hit is confirmed byte for byte.
+  const recent = new Map();  // key -> [payload, output], the last 1,024 inflated
+  const fnv = (buf) => {
+    let h = Math.imul(0x811c9dc5 ^ buf.length, 0x01000193);
+    for (let i = buf.length - 1; i >= 0; i -= 4) h = Math.imul(h ^ buf[i], 0x01000193);
+    return h >>> 0;
+  };
   const inflate = (payload) => {
+    inflateCount.messages++;
+    inflateCount.inflated++;
     if (inflateMode !== 'memo') return zlib.inflateRawSync(Buffer.concat([payload, TRAILER]), INFLATE);
-    const key = payload.toString('latin1');
-    let out = seen.get(key);
-    if (out === undefined) {
-      out = zlib.inflateRawSync(Buffer.concat([payload, TRAILER]), INFLATE);
-      if (seen.size >= 256) seen.delete(seen.keys().next().value);
-      seen.set(key, out);
-    }
+    const key = fnv(payload);
+    const hit = recent.get(key);
+    if (hit !== undefined && hit[0].equals(payload)) { inflateCount.inflated--; return hit[1]; }
+    const out = zlib.inflateRawSync(Buffer.concat([payload, TRAILER]), INFLATE);
+    if (recent.size >= 1024) recent.delete(recent.keys().next().value);
+    recent.set(key, [Buffer.from(payload), out]);
     return out;
   };
-  PerMessageDeflate.prototype.decompress = function decompress(data, fin, callback) {
-    if (!this.params.server_no_context_takeover) { viaPool.call(this, data, fin, callback); return; }
-    if (!fin) { (this.parts ||= []).push(data); queueMicrotask(() => callback(null, EMPTY)); return; }
-    const payload = this.parts ? Buffer.concat([...this.parts, data]) : data;
-    this.parts = null;
+  // Replaces Receiver#decompress (ws 8): called from getData with the state INFLATING; dataMessage then emits the
+  // message (or, for a fragment, waits for the next frame) and the loop that called getData goes on.
+  Receiver.prototype.decompress = function decompress(data, cb) {
+    const pmd = this._extensions[PerMessageDeflate.extensionName];
+    if (!pmd.params.server_no_context_takeover) { viaPool.call(this, data, cb); return; }
+    if (!this._fin) { (this.deflatedParts ||= []).push(data); this.dataMessage(cb); return; }
+    const payload = this.deflatedParts ? Buffer.concat([...this.deflatedParts, data]) : data;
+    this.deflatedParts = null;
     let out;
-    try { out = inflate(payload); } catch (e) { queueMicrotask(() => callback(e)); return; }
-    queueMicrotask(() => callback(null, out));
+    try { out = inflate(payload); } catch (e) {
+      cb(this.createError(Error, `cannot inflate: ${e.message}`, true, 1007, 'WS_ERR_INFLATE'));
+      return;
+    }
+    this._messageLength += out.length;
+    if (this._maxPayload > 0 && this._messageLength > this._maxPayload) {
+      cb(this.createError(RangeError, 'Max payload size exceeded', false, 1009, 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH'));
+      return;
+    }
+    this._fragments.push(out);
+    this.dataMessage(cb);
   };
 }
 
@@ -356,6 +376,7 @@ async function main() {
   });
 
   closeAll();
+  if (cfg.deflate && inflateMode !== 'ws') log(`inflated ${inflateCount.inflated} of ${inflateCount.messages} compressed messages`);
   emit({ event: 'done' });
   setTimeout(() => process.exit(0), 50);
 }
