@@ -209,6 +209,7 @@ class Options:
     keep_logs: bool
     nice: int
     inflate: str = "memo"
+    publisher: str = "thread"
 
 
 @dataclass
@@ -378,6 +379,7 @@ def one_run(name: str, n: int, run: int, opt: Options, node: str) -> RunResult:
             "timeoutMs": int(opt.timeout_s * 1000),
             "connectConcurrency": opt.connect_concurrency,
             "inflate": opt.inflate,
+            "publisherThread": opt.publisher == "thread",
         }
         argv = [*niced(opt.nice), "taskset", "-c", str(opt.client_core), node, str(BENCH / "loadclient.mjs")]
         argv.append(json.dumps(cfg))
@@ -673,6 +675,29 @@ def machine_facts(node: str) -> dict[str, str]:
     }
 
 
+def setup_line(opt: Options) -> str:
+    """The report's *Setup* line: cores, frame size, phases and the harness options that change a figure."""
+    line = (
+        f"- Setup: each server alone on core {opt.server_core} (`taskset`), the Node `ws` load client on"
+        f" core {opt.client_core}, loopback; {opt.size}-byte target frames; throughput phase:"
+        f" {opt.messages} broadcasts back to back; latency: {opt.paced} single broadcasts {opt.gap_ms} ms"
+        f" apart after {opt.warmup} unmeasured ones; a fresh server process per run; {opt.runs} run(s) per"
+        " point, medians shown"
+    )
+    if opt.publisher == "inline":
+        line += "; the throughput phase's HTTP publishes sent from the load client's event loop (`--publisher inline`)"
+    if opt.nice:
+        line += f"; server and client at niceness {opt.nice} (and their sessions)"
+    if any("deflate" in s for s in opt.servers):
+        line += {
+            "memo": "; compressed frames inflated in the load client's own thread, each distinct payload once"
+            " (`--inflate memo`)",
+            "sync": "; compressed frames inflated in the load client's own thread, every one (`--inflate sync`)",
+            "ws": "; compressed frames inflated on ws's thread pool (`--inflate ws`)",
+        }[opt.inflate]
+    return line + "."
+
+
 def write_docs(
     path: Path, results: list[RunResult], failures: list[str], opt: Options, command: str, node: str
 ) -> Path:
@@ -692,22 +717,7 @@ def write_docs(
         f"- Machine: nproc {facts['nproc']}, {facts['cpu']}, Linux {facts['kernel']}",
         f"- Software: {facts['software']}; Tidings at {facts['revision']}",
         f"- Command: `{command}`",
-        f"- Setup: each server alone on core {opt.server_core} (`taskset`), the Node `ws` load client on"
-        f" core {opt.client_core}, loopback; {opt.size}-byte target frames; throughput phase:"
-        f" {opt.messages} broadcasts back to back; latency: {opt.paced} single broadcasts {opt.gap_ms} ms"
-        f" apart after {opt.warmup} unmeasured ones; a fresh server process per run; {opt.runs} run(s) per"
-        " point, medians shown"
-        + (f"; server and client at niceness {opt.nice} (and their sessions)" if opt.nice else "")
-        + (
-            {
-                "memo": "; compressed frames inflated in the load client's own thread, each distinct payload once"
-                " (`--inflate memo`).",
-                "sync": "; compressed frames inflated in the load client's own thread, every one (`--inflate sync`).",
-                "ws": "; compressed frames inflated on ws's thread pool (`--inflate ws`).",
-            }[opt.inflate]
-        )
-        if any("deflate" in s for s in opt.servers)
-        else ".",
+        setup_line(opt),
         "",
         "## Results (medians)",
         "",
@@ -793,6 +803,14 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         help="how the load client inflates compressed frames: in its own thread, each distinct payload once"
         " ('memo', default), every message ('sync'), or on ws's thread pool behind its limit of 10 in flight ('ws')",
     )
+    p.add_argument(
+        "--publisher",
+        choices=("thread", "inline"),
+        default="thread",
+        help="where an HTTP-triggered server's back-to-back publishes are sent from: a worker thread of the load"
+        " client ('thread', default) or the subscribers' own event loop ('inline', where publishing waits behind"
+        " the frames being parsed)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.clients, a.messages, a.runs, a.paced, a.retries = "200", 30, 1, 10, 0
@@ -825,6 +843,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         keep_logs=a.keep_logs,
         nice=a.nice,
         inflate=a.inflate,
+        publisher=a.publisher,
     )
     return opt, a
 

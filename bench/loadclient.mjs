@@ -14,7 +14,9 @@ import { createRequire } from 'node:module';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import zlib from 'node:zlib';
+import { Worker } from 'node:worker_threads';
 import WebSocket from 'ws';
+import { publishHttp } from './httppublish.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const log = (...a) => process.stderr.write(`[loadclient] ${a.join(' ')}\n`);
@@ -224,18 +226,22 @@ const openClients = () => clients.filter((c) => c.ready).length;
 
 // ---- triggers -------------------------------------------------------------------------------------------
 let control = null;
+let publisher = null;  // the publisher thread (HTTP trigger)
 async function openTrigger() {
   const t = cfg.trigger;
   if (t.mode === 'control') {
     control = new WebSocket(t.url, { perMessageDeflate: false, headers: t.headers || {} });
     await new Promise((resolve, reject) => { control.once('open', resolve); control.once('error', reject); });
     control.on('message', () => {}); // {"done": K} acknowledgements; completion is judged at the subscribers
+  } else if (cfg.publisherThread !== false) {
+    publisher = new Worker(new URL('./httppublish.mjs', import.meta.url), { workerData: { role: 'publisher', trigger: t } });
+    publisher.unref();
   }
 }
 // Publish `count` messages starting at seq0; `stamp` true puts the trigger's own send time in each.
 let envelopeSeen = null;  // bytes a delivered frame adds around `data` (HTTP trigger), from the warm-up broadcast
 let lastDataBytes = 0;
-async function publish(seq0, count, stamp) {
+async function publish(seq0, count, stamp, viaThread = false) {
   const t = cfg.trigger;
   if (t.mode === 'control') {
     const req = { publish: count, seq0, size: cfg.size };
@@ -243,36 +249,25 @@ async function publish(seq0, count, stamp) {
     control.send(JSON.stringify(req));
     return 0;
   }
-  // HTTP: one POST per message, up to `concurrency` in flight, each stamped when issued.
-  let next = 0;
-  let failures = 0;
+  // HTTP: one POST per message, up to `concurrency` in flight (bench/httppublish.mjs). Back-to-back publishing
+  // (`viaThread`) runs in the publisher thread: on this event loop the next POST would wait behind the frames
+  // the subscribers are parsing, so the publish rate, and with it how many frames the server can join to one
+  // write, would depend on how costly the client finds each frame (e.g. with compression on).
   const epoch = clients.length ? clients[0].epoch : undefined;
-  const worker = async () => {
-    while (next < count) {
-      const seq = seq0 + next++;
-      const data = { bseq: seq, bts: Math.round(nowMs() * 1000) / 1000, pad: '' };
-      // Aim the delivered frame (the envelope the server wraps around `data`) at cfg.size bytes: the envelope
-      // measured on the warm-up broadcast once there is one, else estimated from the adapter's `envelope`.
-      const envelope = envelopeSeen ?? (t.envelope ? JSON.stringify({ ...t.envelope, data: null, offset: seq + 1, epoch }).length - 4 : 0);
-      const bare = JSON.stringify(data).length;
-      data.pad = 'x'.repeat(Math.max(0, cfg.size - envelope - bare));
-      lastDataBytes = bare + data.pad.length;
-      try {
-        const res = await fetch(t.url, {
-          method: 'POST', headers: { 'content-type': 'application/json', ...(t.headers || {}) },
-          body: JSON.stringify({ channel: t.channel, data }),
-        });
-        if (!res.ok) { failures++; if (!firstError) firstError = `publish HTTP ${res.status} ${await res.text()}`; }
-        else await res.arrayBuffer();
-      } catch (e) { failures++; if (!firstError) firstError = `publish ${e.message}`; }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(t.concurrency || 1, count) }, worker));
-  return failures;
+  const r = viaThread && publisher
+    ? await new Promise((resolve) => {
+      publisher.once('message', resolve);
+      publisher.postMessage({ seq0, count, size: cfg.size, envelopeSeen, epoch });
+    })
+    : await publishHttp(t, seq0, count, cfg.size, envelopeSeen, epoch);
+  lastDataBytes = r.lastDataBytes;
+  if (r.firstError && !firstError) firstError = r.firstError;
+  return r.failures;
 }
 function closeAll() {
   for (const c of clients) { c.ready = false; try { c.ws.terminate(); } catch { /* gone */ } }
   if (control) try { control.terminate(); } catch { /* gone */ }
+  if (publisher) publisher.terminate();
 }
 
 function percentile(sorted, q) {
@@ -359,7 +354,7 @@ async function main() {
   const cpu0 = process.cpuUsage();
   const elu0 = performance.eventLoopUtilization();
   const w0 = performance.now();
-  const publishFailures = await publish(seq, k, false);
+  const publishFailures = await publish(seq, k, false, true);
   const ok = await withTimeout(wait, Math.max(timeoutMs, k * live * 0.2));
   const elapsedS = (performance.now() - w0) / 1000;
   const cpu = process.cpuUsage(cpu0);
