@@ -4,7 +4,8 @@
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 
-const nowMs = () => performance.timeOrigin + performance.now();
+// Milliseconds since the epoch: the publisher's stamps and the subscribers' receipts are both taken with it.
+export const nowMs = () => performance.timeOrigin + performance.now();
 
 // t: {url, headers, channel, concurrency, envelope}; envelopeSeen: bytes the server wraps around `data`
 // (measured on the warm-up broadcast), or null to estimate it from t.envelope. Returns
@@ -38,7 +39,7 @@ export async function publishHttp(t, seq0, count, size, envelopeSeen, epoch) {
 }
 
 // As a worker: each message {seq0, count, size, envelopeSeen, epoch} publishes and answers with the result.
-if (!isMainThread && parentPort && workerData && workerData.role === 'publisher') {
+if (!isMainThread && workerData?.role === 'publisher') {
   parentPort.on('message', async (m) => {
     parentPort.postMessage(await publishHttp(workerData.trigger, m.seq0, m.count, m.size, m.envelopeSeen, m.epoch));
   });

@@ -16,19 +16,18 @@ import { createInterface } from 'node:readline';
 import zlib from 'node:zlib';
 import { Worker } from 'node:worker_threads';
 import WebSocket from 'ws';
-import { publishHttp } from './httppublish.mjs';
+import { nowMs, publishHttp } from './httppublish.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const log = (...a) => process.stderr.write(`[loadclient] ${a.join(' ')}\n`);
 const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
-const nowMs = () => performance.timeOrigin + performance.now();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---- inflate in-process (cfg.inflate: 'memo', the default for deflate runs; 'sync'; 'ws' keeps ws's own) -------
 // ws inflates each message on libuv's thread pool behind a process-wide limit of 10 in flight; on one pinned core
-// that made this client the bottleneck of a compressed run (100 % of its core at ~22k deliveries/s). The trigger
-// lives in this process too, so a client slower with compression on also publishes slower, and the server then
-// joins fewer frames to a write: compression on and off were not compared at the same load. When the server
+// that made this client the bottleneck of a compressed run (100 % of its core at ~22k deliveries/s), and a slower
+// client let the server join more frames to a write: compression on and off were not compared at the same load
+// (the publisher thread, see publish(), removes the other half of that coupling). When the server
 // promised server_no_context_takeover (every message inflates on its own), the receiver inflates in its own
 // parsing loop instead:
 //   'sync'  every message is inflated (zlib's one-shot inflate, ~8 µs a message here);
